@@ -1,0 +1,31 @@
+"""Berth: a container registry for the Docker Registry HTTP API V2 and OCI Distribution v1.1."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from app.config import load_settings
+from app.db import Database
+from app.registry.context import Registry
+from app.storage import StorageDriver, create_driver
+
+
+def create_app(
+    overrides: Mapping[str, Any] | None = None, driver: StorageDriver | None = None
+) -> Flask:
+    """settings -> database -> storage driver -> blueprints. Nothing is built at import time."""
+    from app.views import base, blobs, listings, manifests, uploads
+
+    settings = load_settings(overrides=overrides)
+    app = Flask(__name__)
+    app.config["BERTH_SETTINGS"] = settings
+    if driver is None:
+        driver = create_driver(settings.storage_driver, {"root": settings.storage_root})
+    app.extensions["berth"] = Registry(Database(settings.database_url), driver, settings)
+    base.init_app(app)
+    for module in (blobs, uploads, manifests, listings):
+        app.register_blueprint(module.bp)
+    return app

@@ -1,0 +1,3 @@
+from app.db.session import Database
+
+__all__ = ["Database"]

@@ -1,0 +1,135 @@
+"""Registry metadata. Blob bytes live in the storage driver; these rows say what exists."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Predictable constraint names, so Alembic migrations can refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def byte_ordered(length: int) -> String:
+    """A string column that sorts and compares by bytes on every database, as the
+    tags/list and _catalog pagination (lexical order, `last` exclusive) require."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")  # type: ignore[return-value]
+
+
+Timestamp = DateTime(timezone=True)
+BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite only autoincrements INTEGER
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Repository(Base):
+    __tablename__ = "repository"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(byte_ordered(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Blob(Base):
+    __tablename__ = "blob"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(150), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class RepositoryBlob(Base):
+    """A blob is visible in a repository only through this link."""
+
+    __tablename__ = "repository_blob"
+
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repository.id", ondelete="CASCADE"), primary_key=True
+    )
+    blob_id: Mapped[int] = mapped_column(
+        ForeignKey("blob.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Manifest(Base):
+    __tablename__ = "manifest"
+    __table_args__ = (
+        UniqueConstraint("repository_id", "digest", name="uq_manifest_repository_id_digest"),
+        Index("ix_manifest_repository_id_subject_digest", "repository_id", "subject_digest"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(150))
+    media_type: Mapped[str] = mapped_column(String(255))
+    artifact_type: Mapped[str | None] = mapped_column(String(255))
+    subject_digest: Mapped[str | None] = mapped_column(String(150))
+    # JSON text of the manifest's annotations, copied into referrers responses.
+    annotations: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class ManifestReference(Base):
+    """What a manifest points at: config and layer blobs, or child manifests of an index."""
+
+    __tablename__ = "manifest_reference"
+
+    manifest_id: Mapped[int] = mapped_column(
+        ForeignKey("manifest.id", ondelete="CASCADE"), primary_key=True
+    )
+    digest: Mapped[str] = mapped_column(String(150), primary_key=True, index=True)
+    # "blob" or "manifest"
+    kind: Mapped[str] = mapped_column(String(16))
+
+
+class Tag(Base):
+    __tablename__ = "tag"
+    __table_args__ = (UniqueConstraint("repository_id", "name", name="uq_tag_repository_id_name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(byte_ordered(128))
+    manifest_id: Mapped[int] = mapped_column(
+        ForeignKey("manifest.id", ondelete="CASCADE"), index=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+
+
+class Upload(Base):
+    """An upload session. Its bytes are in the driver; any worker can continue it."""
+
+    __tablename__ = "upload"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)

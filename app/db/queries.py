@@ -1,0 +1,160 @@
+"""select()-based queries and race-free upserts shared by the registry services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.db.models import Base, Blob, Manifest, Repository, RepositoryBlob, Tag
+
+
+def insert_ignore(
+    session: Session, model: type[Base], values: dict[str, Any], keys: list[str]
+) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING: concurrent pushes of the same thing both succeed."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(model).values(**values).on_conflict_do_nothing(index_elements=keys)
+    session.execute(stmt)
+
+
+def upsert(
+    session: Session, model: type[Base], values: dict[str, Any], keys: list[str], update: list[str]
+) -> None:
+    """INSERT ... ON CONFLICT DO UPDATE: the last writer of a tag wins, nobody fails."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(model).values(**values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=keys, set_={col: stmt.excluded[col] for col in update}
+    )
+    session.execute(stmt)
+
+
+def repository_id(session: Session, name: str) -> int | None:
+    return session.scalar(select(Repository.id).where(Repository.name == name))
+
+
+def ensure_repository(session: Session, name: str) -> int:
+    repo_id = repository_id(session, name)
+    if repo_id is None:
+        insert_ignore(session, Repository, {"name": name}, ["name"])
+        repo_id = repository_id(session, name)
+    assert repo_id is not None
+    return repo_id
+
+
+def linked_blob(session: Session, repo_name: str, digest: str) -> Blob | None:
+    return session.scalar(
+        select(Blob)
+        .join(RepositoryBlob, RepositoryBlob.blob_id == Blob.id)
+        .join(Repository, Repository.id == RepositoryBlob.repository_id)
+        .where(Repository.name == repo_name, Blob.digest == digest)
+    )
+
+
+def blob_by_digest(session: Session, digest: str) -> Blob | None:
+    return session.scalar(select(Blob).where(Blob.digest == digest))
+
+
+def link_blob(session: Session, repo_id: int, digest: str, size: int) -> None:
+    insert_ignore(session, Blob, {"digest": digest, "size": size}, ["digest"])
+    blob_id = session.scalar(select(Blob.id).where(Blob.digest == digest))
+    insert_ignore(
+        session,
+        RepositoryBlob,
+        {"repository_id": repo_id, "blob_id": blob_id},
+        ["repository_id", "blob_id"],
+    )
+
+
+def unlink_blob(session: Session, repo_name: str, digest: str) -> bool:
+    blob_id = select(Blob.id).where(Blob.digest == digest).scalar_subquery()
+    repo_id = select(Repository.id).where(Repository.name == repo_name).scalar_subquery()
+    result = session.execute(
+        delete(RepositoryBlob).where(
+            RepositoryBlob.blob_id == blob_id, RepositoryBlob.repository_id == repo_id
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def missing_blobs(session: Session, repo_id: int, digests: list[str]) -> list[str]:
+    if not digests:
+        return []
+    found = set(
+        session.scalars(
+            select(Blob.digest)
+            .join(RepositoryBlob, RepositoryBlob.blob_id == Blob.id)
+            .where(RepositoryBlob.repository_id == repo_id, Blob.digest.in_(digests))
+        )
+    )
+    return [d for d in dict.fromkeys(digests) if d not in found]
+
+
+def missing_manifests(session: Session, repo_id: int, digests: list[str]) -> list[str]:
+    if not digests:
+        return []
+    found = set(
+        session.scalars(
+            select(Manifest.digest).where(
+                Manifest.repository_id == repo_id, Manifest.digest.in_(digests)
+            )
+        )
+    )
+    return [d for d in dict.fromkeys(digests) if d not in found]
+
+
+def manifest_by_digest(session: Session, repo_name: str, digest: str) -> Manifest | None:
+    return session.scalar(
+        select(Manifest)
+        .join(Repository, Repository.id == Manifest.repository_id)
+        .where(Repository.name == repo_name, Manifest.digest == digest)
+    )
+
+
+def manifest_by_tag(session: Session, repo_name: str, tag: str) -> Manifest | None:
+    return session.scalar(
+        select(Manifest)
+        .join(Tag, Tag.manifest_id == Manifest.id)
+        .join(Repository, Repository.id == Tag.repository_id)
+        .where(Repository.name == repo_name, Tag.name == tag)
+    )
+
+
+def tag_names(session: Session, repo_id: int, last: str | None, limit: int | None) -> list[str]:
+    query = select(Tag.name).where(Tag.repository_id == repo_id).order_by(Tag.name)
+    if last is not None:
+        query = query.where(Tag.name > last)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def repository_names(session: Session, last: str | None, limit: int | None) -> list[str]:
+    """Repositories that hold something: a manifest or at least one linked blob."""
+    has_content = or_(
+        exists().where(Manifest.repository_id == Repository.id),
+        exists().where(RepositoryBlob.repository_id == Repository.id),
+    )
+    query = select(Repository.name).where(has_content).order_by(Repository.name)
+    if last is not None:
+        query = query.where(Repository.name > last)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def referrers(
+    session: Session, repo_name: str, subject: str, artifact_type: str | None
+) -> list[Manifest]:
+    query = (
+        select(Manifest)
+        .join(Repository, Repository.id == Manifest.repository_id)
+        .where(Repository.name == repo_name, Manifest.subject_digest == subject)
+        .order_by(Manifest.id)
+    )
+    if artifact_type is not None:
+        query = query.where(and_(Manifest.artifact_type == artifact_type))
+    return list(session.scalars(query))

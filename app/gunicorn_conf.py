@@ -1,0 +1,46 @@
+"""Gunicorn settings for `berth serve`. Bind and worker count come from the command line.
+
+gthread workers: a slow client pushing a large layer ties up one thread, not a process,
+and whole-blob GETs still go out through sendfile.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from typing import Any
+
+worker_class = "gthread"
+threads = int(os.environ.get("BERTH_THREADS", "8"))
+# Uploads stream for as long as they take; the timeout only catches a wedged worker loop.
+timeout = 120
+graceful_timeout = 30
+keepalive = 75
+accesslog = "-"
+errorlog = "-"
+# Blob GETs go out with sendfile through wsgi.file_wrapper.
+sendfile = True
+# Several instances may run on one host (and in the tests): no shared control socket.
+control_socket_disable = True
+forwarded_allow_ips = os.environ.get("BERTH_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+
+def post_worker_init(worker: Any) -> None:
+    """Each worker purges stale uploads now and then, at a jittered interval, so that no
+    single process owns the job and a crashed one leaves nothing behind."""
+    from app.registry import uploads
+
+    registry = worker.wsgi.extensions["berth"]
+    interval = registry.settings.upload_purge_interval
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval * random.uniform(0.5, 1.5))
+            try:
+                uploads.purge_stale(registry)
+            except Exception:
+                worker.log.exception("purging stale uploads failed")
+
+    threading.Thread(target=loop, name="berth-upload-purge", daemon=True).start()

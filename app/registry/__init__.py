@@ -1,0 +1,1 @@
+"""Domain services: what blobs, uploads, manifests and tags are. Never imports flask."""

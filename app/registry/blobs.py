@@ -1,0 +1,52 @@
+"""Blobs as a repository sees them: linked, readable by range, unlinked on delete."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from app.db import queries
+from app.errors import BlobUnknown, Unsupported
+from app.registry import paths
+from app.registry.context import Registry
+from app.registry.references import Digest, is_valid_name
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: str
+    size: int
+
+
+def stat(reg: Registry, repo: str, digest: Digest) -> BlobInfo:
+    with reg.db.transaction() as session:
+        blob = queries.linked_blob(session, repo, str(digest))
+        if blob is None:
+            raise BlobUnknown({"digest": str(digest)})
+        return BlobInfo(blob.digest, blob.size)
+
+
+def open_blob(reg: Registry, digest: Digest, offset: int = 0) -> BinaryIO:
+    return reg.driver.reader(paths.blob_data(digest), offset)
+
+
+def delete(reg: Registry, repo: str, digest: Digest) -> None:
+    """Unlink the blob from the repository; its bytes go when garbage collection runs."""
+    if not reg.settings.delete_enabled:
+        raise Unsupported(message="deletion is disabled")
+    with reg.db.transaction(write=True) as session:
+        if not queries.unlink_blob(session, repo, str(digest)):
+            raise BlobUnknown({"digest": str(digest)})
+
+
+def mount(reg: Registry, repo: str, digest: Digest, source: str) -> bool:
+    """Link a blob from another repository; False (fall back to an upload) if it is not there."""
+    if not is_valid_name(source):
+        return False
+    with reg.db.transaction(write=True) as session:
+        blob = queries.linked_blob(session, source, str(digest))
+        if blob is None:
+            return False
+        repo_id = queries.ensure_repository(session, repo)
+        queries.link_blob(session, repo_id, blob.digest, blob.size)
+    return True

@@ -1,0 +1,61 @@
+"""Tag lists, the catalog and referrers: read-only views over the metadata index."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from app.db import queries
+from app.errors import NameUnknown
+from app.registry.context import Registry
+from app.registry.references import Digest
+
+
+def tags(reg: Registry, repo: str, last: str | None, limit: int | None) -> list[str]:
+    with reg.db.transaction() as session:
+        repo_id = queries.repository_id(session, repo)
+        if repo_id is None:
+            raise NameUnknown({"name": repo})
+        return queries.tag_names(session, repo_id, last, limit)
+
+
+def catalog(reg: Registry, last: str | None, limit: int | None) -> list[str]:
+    with reg.db.transaction() as session:
+        return queries.repository_names(session, last, limit)
+
+
+@dataclass(frozen=True)
+class Referrer:
+    media_type: str
+    digest: str
+    size: int
+    artifact_type: str | None
+    annotations: dict[str, str] | None
+
+    def descriptor(self) -> dict[str, object]:
+        entry: dict[str, object] = {
+            "mediaType": self.media_type,
+            "digest": self.digest,
+            "size": self.size,
+        }
+        if self.artifact_type:
+            entry["artifactType"] = self.artifact_type
+        if self.annotations:
+            entry["annotations"] = self.annotations
+        return entry
+
+
+def referrers(
+    reg: Registry, repo: str, subject: Digest, artifact_type: str | None
+) -> list[Referrer]:
+    with reg.db.transaction() as session:
+        return [
+            Referrer(
+                row.media_type,
+                row.digest,
+                row.size,
+                row.artifact_type,
+                json.loads(row.annotations) if row.annotations else None,
+            )
+            for row in queries.referrers(session, repo, str(subject), artifact_type)
+        ]

@@ -1,0 +1,266 @@
+"""Blob upload sessions: start, append chunks, complete with a verified digest, cancel.
+
+State lives in the `upload` table (its size is the truth) and in the driver, so any
+worker or instance can continue a session another began. Bytes stream through in
+fixed-size chunks and no transaction is open while they do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import BinaryIO
+
+from sqlalchemy import delete, select, update
+
+from app.db import queries
+from app.db.models import Repository, Upload
+from app.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    RangeInvalid,
+    SizeInvalid,
+)
+from app.registry import paths
+from app.registry.context import Registry
+from app.registry.references import Digest
+from app.storage import PathNotFound
+
+CHUNK = 1024 * 1024
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UploadState:
+    id: str
+    size: int
+
+
+class _HashCache:
+    """sha256 states of recent uploads, so that completing an upload streamed through this
+    worker needs no second read of its bytes. Only a shortcut: on a miss the bytes are
+    hashed from storage, so a session continued elsewhere is still verified."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._entries: OrderedDict[str, tuple[int, object]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._capacity = capacity
+
+    def take(self, upload_id: str, size: int):
+        with self._lock:
+            entry = self._entries.pop(upload_id, None)
+        if entry is None or entry[0] != size:
+            return None
+        return entry[1]
+
+    def put(self, upload_id: str, size: int, hasher: object) -> None:
+        with self._lock:
+            self._entries[upload_id] = (size, hasher)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+    def drop(self, upload_id: str) -> None:
+        with self._lock:
+            self._entries.pop(upload_id, None)
+
+
+_hashes = _HashCache()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands timestamps back without a zone; they were written in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def start(reg: Registry, repo: str) -> UploadState:
+    upload_id = str(uuid.uuid4())
+    reg.driver.put_content(paths.upload_data(upload_id), b"")
+    with reg.db.transaction(write=True) as session:
+        repo_id = queries.ensure_repository(session, repo)
+        session.add(Upload(id=upload_id, repository_id=repo_id, size=0))
+    return UploadState(upload_id, 0)
+
+
+def _valid_id(upload_id: str) -> bool:
+    try:
+        return str(uuid.UUID(upload_id)) == upload_id
+    except ValueError:
+        return False
+
+
+def status(reg: Registry, repo: str, upload_id: str) -> UploadState:
+    if not _valid_id(upload_id):
+        raise BlobUploadUnknown({"upload": upload_id})
+    with reg.db.transaction() as session:
+        row = session.execute(
+            select(Upload.size, Upload.updated_at)
+            .join(Repository, Repository.id == Upload.repository_id)
+            .where(Upload.id == upload_id, Repository.name == repo)
+        ).first()
+    if row is None:
+        raise BlobUploadUnknown({"upload": upload_id})
+    if _now() - _aware(row.updated_at) > timedelta(seconds=reg.settings.upload_max_age):
+        raise BlobUploadUnknown({"upload": upload_id}, message="upload session expired")
+    return UploadState(upload_id, row.size)
+
+
+def append(
+    reg: Registry,
+    repo: str,
+    upload_id: str,
+    body: BinaryIO,
+    content_range: tuple[int, int] | None = None,
+    content_length: int | None = None,
+) -> UploadState:
+    """Add one chunk. With a Content-Range it must start where the upload ends; either way
+    the chunk lands whole or not at all (a disconnect leaves the upload as it was)."""
+    state = status(reg, repo, upload_id)
+    expected: int | None = content_length
+    if content_range is not None:
+        start_, end = content_range
+        if start_ != state.size or end < start_:
+            raise RangeInvalid({"range": f"{start_}-{end}", "size": state.size})
+        expected = end - start_ + 1
+        if content_length is not None and content_length != expected:
+            raise SizeInvalid({"content_length": content_length, "range_length": expected})
+    path = paths.upload_data(upload_id)
+    try:
+        on_disk = reg.driver.stat(path).size
+    except PathNotFound as exc:
+        raise BlobUploadUnknown({"upload": upload_id}) from exc
+    if on_disk != state.size:
+        # A crash or a lost client left bytes the database never accepted.
+        reg.driver.truncate(path, state.size)
+    hasher = _hashes.take(upload_id, state.size)
+    if hasher is None and state.size == 0:
+        hasher = Digest("sha256", "").hasher()
+    written = 0
+    writer = reg.driver.writer(path, append=True)
+    try:
+        while True:
+            limit = CHUNK if expected is None else min(CHUNK, expected - written + 1)
+            data = body.read(limit) if limit > 0 else b""
+            if not data:
+                break
+            writer.write(data)
+            if hasher is not None:
+                hasher.update(data)  # type: ignore[attr-defined]
+            written += len(data)
+            if expected is not None and written > expected:
+                break
+        if expected is not None and written != expected:
+            raise SizeInvalid({"expected": expected, "received": written})
+        writer.commit()
+    except SizeInvalid:
+        writer.cancel()
+        raise
+    except Exception as exc:
+        # The client went away or sent a broken body: drop the partial chunk.
+        writer.cancel()
+        log.info("upload %s: chunk dropped: %r", upload_id, exc)
+        raise BlobUploadInvalid({"upload": upload_id}, message="chunk not received whole") from exc
+    finally:
+        writer.close()
+    new_size = state.size + written
+    with reg.db.transaction(write=True) as session:
+        result = session.execute(
+            update(Upload)
+            .where(Upload.id == upload_id, Upload.size == state.size)
+            .values(size=new_size, updated_at=_now())
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            raise RangeInvalid({"upload": upload_id}, message="upload changed concurrently")
+    if hasher is not None:
+        _hashes.put(upload_id, new_size, hasher)
+    return UploadState(upload_id, new_size)
+
+
+def _hash_stored(reg: Registry, upload_id: str, size: int, digest: Digest):
+    hasher = _hashes.take(upload_id, size) if digest.algorithm == "sha256" else None
+    if hasher is not None:
+        return hasher
+    hasher = digest.hasher()
+    with reg.driver.reader(paths.upload_data(upload_id)) as stream:
+        while data := stream.read(CHUNK):
+            hasher.update(data)
+    return hasher
+
+
+def complete(
+    reg: Registry,
+    repo: str,
+    upload_id: str,
+    digest: Digest,
+    body: BinaryIO | None = None,
+    content_range: tuple[int, int] | None = None,
+    content_length: int | None = None,
+) -> UploadState:
+    """Take the last chunk, verify the digest over every byte, then make the blob visible."""
+    if body is not None:
+        state = append(reg, repo, upload_id, body, content_range, content_length)
+    else:
+        state = status(reg, repo, upload_id)
+    hasher = _hash_stored(reg, upload_id, state.size, digest)
+    if hasher.hexdigest() != digest.hex:  # type: ignore[attr-defined]
+        cancel(reg, repo, upload_id)
+        raise DigestInvalid({"digest": str(digest)})
+    target = paths.blob_data(digest)
+    if not reg.driver.exists(target):
+        reg.driver.move(paths.upload_data(upload_id), target)
+    with reg.db.transaction(write=True) as session:
+        repo_id = queries.ensure_repository(session, repo)
+        queries.link_blob(session, repo_id, str(digest), state.size)
+        session.execute(delete(Upload).where(Upload.id == upload_id))
+    _remove_bytes(reg, upload_id)
+    return state
+
+
+def cancel(reg: Registry, repo: str, upload_id: str) -> None:
+    status(reg, repo, upload_id)
+    with reg.db.transaction(write=True) as session:
+        session.execute(delete(Upload).where(Upload.id == upload_id))
+    _remove_bytes(reg, upload_id)
+
+
+def _remove_bytes(reg: Registry, upload_id: str) -> None:
+    _hashes.drop(upload_id)
+    with contextlib.suppress(PathNotFound):
+        reg.driver.delete(paths.upload_dir(upload_id))
+
+
+def purge_stale(reg: Registry, max_age: int | None = None) -> int:
+    """Forget upload sessions idle for longer than max_age and delete their bytes, including
+    upload directories the database no longer knows (left by a crash)."""
+    cutoff = _now() - timedelta(seconds=max_age or reg.settings.upload_max_age)
+    with reg.db.transaction(write=True) as session:
+        stale = list(session.scalars(select(Upload.id).where(Upload.updated_at < cutoff)))
+        if stale:
+            session.execute(delete(Upload).where(Upload.id.in_(stale)))
+        known = set(session.scalars(select(Upload.id)))
+    try:
+        on_disk = reg.driver.list(paths.UPLOADS_ROOT)
+    except PathNotFound:
+        on_disk = []
+    purged = 0
+    for path in on_disk:
+        upload_id = path.rsplit("/", 1)[-1]
+        if upload_id in known:
+            continue
+        try:
+            if reg.driver.stat(paths.upload_data(upload_id)).mtime > cutoff.timestamp():
+                continue  # a session being created right now; its row may not be visible yet
+        except PathNotFound:
+            pass
+        _remove_bytes(reg, upload_id)
+        purged += 1
+    return purged

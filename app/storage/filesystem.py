@@ -1,0 +1,132 @@
+"""Blobs on local disk. Writes are fsynced before they count; moves are rename(2)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from app.storage.base import (
+    FileInfo,
+    FileWriter,
+    InvalidOffset,
+    PathNotFound,
+    StorageDriver,
+    check_path,
+)
+
+
+class _FileWriter(FileWriter):
+    def __init__(self, target: Path, append: bool) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(target, "ab" if append else "wb")  # noqa: SIM115 - closed in close()
+        self._start = self._file.tell()
+        self._size = self._start
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes) -> int:
+        written = self._file.write(data)
+        self._size += written
+        return written
+
+    def commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def cancel(self) -> None:
+        self._file.flush()
+        self._file.truncate(self._start)
+        self._size = self._start
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class FilesystemDriver(StorageDriver):
+    name = "filesystem"
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def full_path(self, path: str) -> Path:
+        return self.root / check_path(path)
+
+    def get_content(self, path: str) -> bytes:
+        try:
+            return self.full_path(path).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise PathNotFound(path) from exc
+
+    def put_content(self, path: str, data: bytes) -> None:
+        target = self.full_path(path)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        with _FileWriter(tmp, append=False) as writer:
+            writer.write(data)
+            writer.commit()
+        os.replace(tmp, target)
+
+    def reader(self, path: str, offset: int = 0) -> BinaryIO:
+        target = self.full_path(path)
+        try:
+            size = target.stat().st_size
+            if offset < 0 or offset > size:
+                raise InvalidOffset(f"{path}@{offset}")
+            handle = open(target, "rb")  # noqa: SIM115 - the caller closes it
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise PathNotFound(path) from exc
+        handle.seek(offset)
+        return handle
+
+    def writer(self, path: str, append: bool = False) -> FileWriter:
+        return _FileWriter(self.full_path(path), append)
+
+    def stat(self, path: str) -> FileInfo:
+        try:
+            st = self.full_path(path).stat()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise PathNotFound(path) from exc
+        is_dir = os.path.isdir(self.full_path(path))
+        return FileInfo(path, 0 if is_dir else st.st_size, st.st_mtime, is_dir)
+
+    def list(self, path: str) -> list[str]:
+        target = self.root if path in ("", "/") else self.full_path(path)
+        try:
+            names = sorted(os.listdir(target))
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise PathNotFound(path) from exc
+        prefix = "" if path in ("", "/") else path + "/"
+        return [prefix + name for name in names if not name.startswith(".")]
+
+    def move(self, src: str, dst: str) -> None:
+        source, target = self.full_path(src), self.full_path(dst)
+        if not source.is_file():
+            raise PathNotFound(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        # The rename is durable only once the directory entry is on disk.
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def delete(self, path: str) -> None:
+        target = self.full_path(path)
+        if target.is_dir():
+            shutil.rmtree(target)
+            return
+        try:
+            target.unlink()
+        except FileNotFoundError as exc:
+            raise PathNotFound(path) from exc
+
+    def truncate(self, path: str, size: int) -> None:
+        try:
+            os.truncate(self.full_path(path), size)
+        except FileNotFoundError as exc:
+            raise PathNotFound(path) from exc

@@ -1,0 +1,155 @@
+"""GET /v2/, the /v2 routing rules, error responses and the headers every response carries."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Response as FlaskResponse
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter, ValidationError
+
+from app.errors import NameInvalid, NotFound, PaginationNumberInvalid, RegistryError, Unsupported
+from app.registry.context import Registry
+from app.registry.references import NAME_MAX_LENGTH, NAME_PATTERN, is_valid_name
+
+bp = Blueprint("base", __name__)
+
+
+class Response(FlaskResponse):
+    """No Content-Type unless a body has one: empty 201/202/204s carry none."""
+
+    default_mimetype = None
+
+
+log = logging.getLogger(__name__)
+
+# The shapes of every /v2 endpoint, the name matched loosely: a request whose name is
+# malformed gets NAME_INVALID, and a known path with the wrong method gets UNSUPPORTED.
+_ENDPOINT_SHAPES = [
+    re.compile(r"(?P<name>.+)/blobs/uploads/?(?:[^/]+)?"),
+    re.compile(r"(?P<name>.+)/blobs/[^/]+"),
+    re.compile(r"(?P<name>.+)/manifests/[^/]+"),
+    re.compile(r"(?P<name>.+)/tags/list"),
+    re.compile(r"(?P<name>.+)/referrers/[^/]+"),
+]
+MAX_PAGE = 1000
+
+
+class RepositoryNameConverter(BaseConverter):
+    """Matches a repository name, slashes included, so `a/blobs/b` routes as a name."""
+
+    regex = NAME_PATTERN
+    part_isolating = False
+
+    def to_python(self, value: str) -> str:
+        if len(value) > NAME_MAX_LENGTH:
+            raise ValidationError()
+        return value
+
+
+def registry() -> Registry:
+    return current_app.extensions["berth"]
+
+
+@bp.get("/v2/")
+def version_check() -> Response:
+    return jsonify({})
+
+
+@bp.route("/v2/<path:rest>", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+def unmatched(rest: str) -> Response:
+    for shape in _ENDPOINT_SHAPES:
+        match = shape.fullmatch(rest)
+        if match:
+            if not is_valid_name(match.group("name")):
+                raise NameInvalid({"name": match.group("name")})
+            raise Unsupported({"method": request.method}, message="method not allowed here")
+    raise NotFound({"path": request.path})
+
+
+def page_args() -> tuple[int | None, str | None]:
+    """n and last of a paginated listing; n is capped at MAX_PAGE."""
+    raw_n, last = request.args.get("n"), request.args.get("last")
+    if raw_n is None or raw_n == "":
+        return None, last
+    if not raw_n.isdigit():
+        raise PaginationNumberInvalid({"n": raw_n})
+    return min(int(raw_n), MAX_PAGE), last
+
+
+def next_link(path: str, items: list[str], limit: int) -> str:
+    return f'<{path}?last={quote(items[-1], safe="")}&n={limit}>; rel="next"'
+
+
+def paginated(path: str, key: str, items: list[str], limit: int | None, **extra: Any) -> Response:
+    """Fetch one more than asked: if it is there, the Link header points past the page."""
+    more = limit is not None and len(items) > limit
+    if more:
+        items = items[:limit]
+    response = jsonify({**extra, key: items})
+    if more and limit:
+        response.headers["Link"] = next_link(path, items, limit)
+    return response
+
+
+def _error_response(error: RegistryError) -> Response:
+    response = jsonify({"errors": error.entries()})
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.url_map.converters["repo"] = RepositoryNameConverter
+    app.url_map.strict_slashes = False
+    app.response_class = Response
+    app.register_blueprint(bp)
+
+    @app.before_request
+    def _request_id() -> None:
+        g.request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
+
+    @app.after_request
+    def _common_headers(response: Response) -> Response:
+        if request.path.startswith("/v2"):
+            response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
+        response.headers.setdefault("X-Request-Id", g.get("request_id", ""))
+        return response
+
+    @app.errorhandler(RegistryError)
+    def _registry_error(error: RegistryError) -> Response:
+        return _error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        if error.code == 405:
+            return _error_response(Unsupported(message="method not allowed"))
+        if error.code == 404:
+            return _error_response(NotFound({"path": request.path}))
+        response = jsonify(
+            {"errors": [{"code": "UNKNOWN", "message": error.description or error.name}]}
+        )
+        response.status_code = error.code or 500
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        log.exception("request %s failed", g.get("request_id"))
+        response = jsonify(
+            {
+                "errors": [
+                    {
+                        "code": "UNKNOWN",
+                        "message": "internal error",
+                        "detail": {"request_id": g.get("request_id")},
+                    }
+                ]
+            }
+        )
+        response.status_code = 500
+        return response

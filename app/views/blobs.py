@@ -1,0 +1,64 @@
+"""GET, HEAD and DELETE /v2/<name>/blobs/<digest>."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from flask import Blueprint, request
+from werkzeug.wsgi import wrap_file
+
+from app.registry import blobs
+from app.registry.references import Digest
+from app.views.base import Response, registry
+from app.views.http import byte_range
+
+bp = Blueprint("blobs", __name__)
+
+
+def _limited(stream: BinaryIO, length: int, chunk: int = 1024 * 1024) -> Iterator[bytes]:
+    with stream:
+        while length > 0:
+            data = stream.read(min(chunk, length))
+            if not data:
+                return
+            length -= len(data)
+            yield data
+
+
+@bp.route("/v2/<repo:name>/blobs/<digest>", methods=["GET", "HEAD"])
+def get_blob(name: str, digest: str) -> Response:
+    reg, parsed = registry(), Digest.parse(digest)
+    info = blobs.stat(reg, name, parsed)
+    headers = {
+        "Docker-Content-Digest": info.digest,
+        "ETag": f'"{info.digest}"',
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "max-age=31536000",
+    }
+    span = byte_range(request.headers.get("Range"), info.size)
+    start, end = span or (0, info.size - 1)
+    length = end - start + 1 if info.size else 0
+    headers["Content-Length"] = str(length)
+    status = 200
+    if span is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+    if request.method == "HEAD":
+        return Response(status=status, headers=headers, content_type="application/octet-stream")
+    stream = blobs.open_blob(reg, parsed, start)
+    # A whole blob goes out through wsgi.file_wrapper, so gunicorn can sendfile it.
+    body = wrap_file(request.environ, stream) if span is None else _limited(stream, length)
+    return Response(
+        body,
+        status=status,
+        headers=headers,
+        content_type="application/octet-stream",
+        direct_passthrough=True,
+    )
+
+
+@bp.delete("/v2/<repo:name>/blobs/<digest>")
+def delete_blob(name: str, digest: str) -> Response:
+    blobs.delete(registry(), name, Digest.parse(digest))
+    return Response(status=202, headers={"Content-Length": "0"})

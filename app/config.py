@@ -17,6 +17,16 @@ from typing import Any
 ENV_PREFIX = "BERTH_"
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)?$")
 _UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"^(\d+)(k|kib|m|mib|g|gib)?$", re.IGNORECASE)
+_SIZE_UNITS = {
+    None: 1,
+    "k": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+}
 
 
 class ConfigError(ValueError):
@@ -70,6 +80,11 @@ def _coerce(name: str, raw: Any) -> Any:
     if isinstance(default, int):
         if isinstance(raw, int) and not isinstance(raw, bool):
             return raw
+        if name.endswith("_size"):
+            match = _SIZE.match(str(raw).strip())
+            if not match:
+                raise ConfigError(f"{name}: {raw!r} is not a size (bytes, or 512k, 8m, 1g)")
+            return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower() or None]
         match = _DURATION.match(str(raw).strip())
         if not match:
             raise ConfigError(f"{name}: {raw!r} is not a number (seconds, or 30m, 24h, 7d)")
@@ -91,7 +106,7 @@ def load_settings(
             data = tomllib.loads(Path(config_file).read_text())
         except OSError as exc:
             raise ConfigError(f"BERTH_CONFIG: cannot read {config_file}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"BERTH_CONFIG: {config_file} is not valid TOML: {exc}") from exc
         for key, raw in data.items():
             if key not in _FIELDS:
@@ -104,5 +119,5 @@ def load_settings(
     for key, raw in (overrides or {}).items():
         if key not in _FIELDS:
             raise ConfigError(f"unknown setting {key!r}")
-        values[key] = raw
+        values[key] = _coerce(key, raw)
     return Settings(**values)

@@ -10,6 +10,7 @@ from alembic import context
 from sqlalchemy import create_engine, text
 
 from app.db.models import Base
+from app.db.session import engine_url
 
 config = context.config
 if config.config_file_name:
@@ -20,8 +21,9 @@ MIGRATION_LOCK = 0x4265727468
 
 
 def run_migrations_online() -> None:
+    # From the alembic command line, BERTH_DATABASE_URL wins over alembic.ini.
     url = os.environ.get("BERTH_DATABASE_URL") if config.config_file_name else None
-    engine = create_engine(url or config.get_main_option("sqlalchemy.url"))
+    engine = create_engine(engine_url(url or config.get_main_option("sqlalchemy.url") or ""))
     with engine.connect() as connection:
         postgres = connection.dialect.name == "postgresql"
         if postgres:

@@ -12,6 +12,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 
+def engine_url(url: str) -> str:
+    """Berth ships psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for a bare postgresql://."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
 def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -34,7 +41,7 @@ def _sqlite_setup(engine: Engine) -> None:
 
 class Database:
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = url = engine_url(url)
         if url.startswith("sqlite"):
             self.engine = create_engine(url)
             _sqlite_setup(self.engine)

@@ -239,28 +239,28 @@ def _remove_bytes(reg: Registry, upload_id: str) -> None:
 
 
 def purge_stale(reg: Registry, max_age: int | None = None) -> int:
-    """Forget upload sessions idle for longer than max_age and delete their bytes, including
-    upload directories the database no longer knows (left by a crash)."""
-    cutoff = _now() - timedelta(seconds=max_age or reg.settings.upload_max_age)
+    """Forget upload sessions idle for longer than max_age and delete their bytes, as well as
+    upload files the database does not know (a crash between file and row). Returns how
+    many uploads' bytes went."""
+    cutoff = _now() - timedelta(seconds=reg.settings.upload_max_age if max_age is None else max_age)
     with reg.db.transaction(write=True) as session:
         stale = list(session.scalars(select(Upload.id).where(Upload.updated_at < cutoff)))
         if stale:
             session.execute(delete(Upload).where(Upload.id.in_(stale)))
         known = set(session.scalars(select(Upload.id)))
+    for upload_id in stale:
+        _remove_bytes(reg, upload_id)
     try:
-        on_disk = reg.driver.list(paths.UPLOADS_ROOT)
+        on_disk = [path.rsplit("/", 1)[-1] for path in reg.driver.list(paths.UPLOADS_ROOT)]
     except PathNotFound:
         on_disk = []
-    purged = 0
-    for path in on_disk:
-        upload_id = path.rsplit("/", 1)[-1]
-        if upload_id in known:
-            continue
+    orphans = 0
+    for upload_id in set(on_disk) - known - set(stale):
         try:
             if reg.driver.stat(paths.upload_data(upload_id)).mtime > cutoff.timestamp():
-                continue  # a session being created right now; its row may not be visible yet
+                continue  # a session being created right now: its row may not be visible yet
         except PathNotFound:
             pass
         _remove_bytes(reg, upload_id)
-        purged += 1
-    return purged
+        orphans += 1
+    return len(stale) + orphans

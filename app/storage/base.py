@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
-_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+# Components start with a letter, digit or underscore: no '.', '..', no hidden temp names.
+_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
 
 
 class StorageError(Exception):
@@ -43,14 +44,15 @@ class FileInfo:
 
 def check_path(path: str) -> str:
     """Reject anything that could escape the root: empty parts, '.', '..', odd characters."""
-    if not _PATH.match(path) or any(part in (".", "..") for part in path.split("/")):
+    if not _PATH.fullmatch(path):
         raise InvalidPath(path)
     return path
 
 
 class FileWriter(abc.ABC):
-    """Appends bytes to one path. Nothing is durable before commit(); cancel() undoes
-    every write since the writer was opened."""
+    """Writes bytes to one path: appended to what is there, or (append=False) to an emptied
+    file. Nothing is durable before commit(); cancel() drops every byte written through this
+    writer, leaving what was there when it opened (nothing, for append=False)."""
 
     @property
     @abc.abstractmethod
@@ -109,7 +111,8 @@ class StorageDriver(abc.ABC):
 
     @abc.abstractmethod
     def truncate(self, path: str, size: int) -> None:
-        """Cut a file back to size bytes (drops a partial write a crash left behind)."""
+        """Cut a file back to size bytes (drops a partial write a crash left behind);
+        a size beyond the end is InvalidOffset."""
 
     def redirect_url(self, path: str, method: str = "GET") -> str | None:
         """A URL the client may fetch the bytes from directly; None: serve them yourself."""

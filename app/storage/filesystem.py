@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -64,11 +66,19 @@ class FilesystemDriver(StorageDriver):
 
     def put_content(self, path: str, data: bytes) -> None:
         target = self.full_path(path)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        with _FileWriter(tmp, append=False) as writer:
-            writer.write(data)
-            writer.commit()
-        os.replace(tmp, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A unique temporary name per call: threads of one worker may write the same path.
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def reader(self, path: str, offset: int = 0) -> BinaryIO:
         target = self.full_path(path)
@@ -117,16 +127,21 @@ class FilesystemDriver(StorageDriver):
 
     def delete(self, path: str) -> None:
         target = self.full_path(path)
-        if target.is_dir():
-            shutil.rmtree(target)
-            return
         try:
-            target.unlink()
-        except FileNotFoundError as exc:
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise PathNotFound(path) from exc
 
     def truncate(self, path: str, size: int) -> None:
+        target = self.full_path(path)
         try:
-            os.truncate(self.full_path(path), size)
-        except FileNotFoundError as exc:
+            if not target.is_file():
+                raise PathNotFound(path)
+            if size < 0 or size > target.stat().st_size:
+                raise InvalidOffset(f"{path}@{size}")
+            os.truncate(target, size)
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise PathNotFound(path) from exc

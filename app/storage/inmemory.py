@@ -130,5 +130,7 @@ class InMemoryDriver(StorageDriver):
 
     def truncate(self, path: str, size: int) -> None:
         data = self._get(path)
+        if size < 0 or size > len(data):
+            raise InvalidOffset(f"{path}@{size}")
         with self.lock:
             self.files[path] = (data[:size], time.time())

@@ -11,7 +11,7 @@ from urllib.parse import quote
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask import Response as FlaskResponse
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import BaseConverter, ValidationError
+from werkzeug.routing import BaseConverter
 
 from app.errors import NameInvalid, NotFound, PaginationNumberInvalid, RegistryError, Unsupported
 from app.registry.context import Registry
@@ -45,11 +45,6 @@ class RepositoryNameConverter(BaseConverter):
 
     regex = NAME_PATTERN
     part_isolating = False
-
-    def to_python(self, value: str) -> str:
-        if len(value) > NAME_MAX_LENGTH:
-            raise ValidationError()
-        return value
 
 
 def registry() -> Registry:
@@ -109,6 +104,12 @@ def init_app(app: Flask) -> None:
     app.url_map.strict_slashes = False
     app.response_class = Response
     app.register_blueprint(bp)
+
+    @app.url_value_preprocessor
+    def _check_name_length(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+        # The converter's regex checks the grammar; the length limit is checked here.
+        if values and len(values.get("name", "")) > NAME_MAX_LENGTH:
+            raise NameInvalid({"name": values["name"]}, message="repository name too long")
 
     @app.before_request
     def _request_id() -> None:

@@ -1,0 +1,100 @@
+"""Fixtures shared by the API tests: an app per test on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+
+from app import create_app
+from app.db.models import Base
+from app.db.session import engine_url
+from app.migrate import upgrade
+from tests.helpers import RegistryClient
+
+STRICT = os.environ.get("BERTH_TEST_STRICT") == "1"
+PG_ADMIN_URL = os.environ.get(
+    "BERTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def skip_or_fail(reason: str) -> None:
+    """Locally a missing service skips; in CI (BERTH_TEST_STRICT=1) it fails the run."""
+    if STRICT:
+        pytest.fail(f"{reason} (BERTH_TEST_STRICT=1 forbids skipping)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL server, migrated once for the whole run."""
+    admin = create_engine(engine_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        admin.dispose()
+        skip_or_fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}")
+    name = f"berth_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+            {"n": name},
+        )
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+def _empty_postgres(url: str) -> None:
+    engine = create_engine(engine_url(url))
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/berth.db"
+        upgrade(url)
+        return url
+    url = request.getfixturevalue("postgres_url")
+    _empty_postgres(url)
+    return url
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, object]:
+    """Tests override this to change settings (delete switch, upload age, ...)."""
+    return {}
+
+
+@pytest.fixture
+def app(database_url: str, settings_overrides: dict[str, object]) -> Iterator[Flask]:
+    flask_app = create_app(
+        {"database_url": database_url, "storage_driver": "inmemory", **settings_overrides}
+    )
+    flask_app.testing = True
+    yield flask_app
+    flask_app.extensions["berth"].db.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def registry(client: FlaskClient) -> RegistryClient:
+    return RegistryClient(client)

@@ -1,0 +1,649 @@
+"""One contract suite for every storage driver, plus filesystem-only checks.
+
+Every test in the first part runs against each driver built through create_driver, so a
+behaviour the registry relies on cannot silently differ between them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.storage import (
+    FileWriter,
+    InvalidOffset,
+    InvalidPath,
+    PathNotFound,
+    StorageDriver,
+    create_driver,
+)
+from app.storage.filesystem import FilesystemDriver
+
+DRIVERS = ["filesystem", "inmemory"]
+MiB = 1024 * 1024
+CHUNK = 64 * 1024
+
+
+@pytest.fixture(params=DRIVERS)
+def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
+    params = {"root": str(tmp_path / "root")} if request.param == "filesystem" else {}
+    built = create_driver(request.param, params)
+    assert built.name == request.param
+    return built
+
+
+@pytest.fixture
+def fs_driver(tmp_path: Path) -> FilesystemDriver:
+    built = create_driver("filesystem", {"root": str(tmp_path / "root")})
+    assert isinstance(built, FilesystemDriver)
+    return built
+
+
+def _read_all(driver: StorageDriver, path: str, offset: int = 0) -> bytes:
+    with driver.reader(path, offset) as stream:
+        return stream.read()
+
+
+def _write_chunks(writer: FileWriter, data: bytes, chunk: int = CHUNK) -> None:
+    for start in range(0, len(data), chunk):
+        writer.write(data[start : start + chunk])
+
+
+def _run_threads(targets: list[Callable[[], None]]) -> list[BaseException]:
+    """Start all targets together; return whatever they raised."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(targets))
+
+    def wrap(target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                barrier.wait()
+                target()
+            except BaseException as exc:  # reported to the test
+                errors.append(exc)
+
+        return run
+
+    threads = [threading.Thread(target=wrap(t)) for t in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "a storage call hung"
+    return errors
+
+
+# --------------------------------------------------------------------------- content
+
+
+def test_put_get_content_round_trip(driver: StorageDriver) -> None:
+    payload = bytes(range(256)) * 4
+    driver.put_content("repos/library/alpine/_layers/sha256/abc/link", payload)
+    assert driver.get_content("repos/library/alpine/_layers/sha256/abc/link") == payload
+
+
+def test_put_content_replaces_previous_value(driver: StorageDriver) -> None:
+    driver.put_content("tag/current", b"a much longer first value")
+    driver.put_content("tag/current", b"short")
+    assert driver.get_content("tag/current") == b"short"
+
+
+def test_empty_content_round_trip(driver: StorageDriver) -> None:
+    driver.put_content("empty", b"")
+    assert driver.get_content("empty") == b""
+    assert driver.stat("empty").size == 0
+
+
+def test_get_missing_path_is_path_not_found(driver: StorageDriver) -> None:
+    with pytest.raises(PathNotFound):
+        driver.get_content("no/such/blob")
+
+
+# A path that is not there must say so on every method, including when a parent
+# component is a file (the registry maps PathNotFound to 404; anything else is a 500).
+_MISSING_CALLS: dict[str, Callable[[StorageDriver, str], Any]] = {
+    "get_content": lambda d, p: d.get_content(p),
+    "reader": lambda d, p: d.reader(p),
+    "stat": lambda d, p: d.stat(p),
+    "list": lambda d, p: d.list(p),
+    "move": lambda d, p: d.move(p, "elsewhere"),
+    "delete": lambda d, p: d.delete(p),
+    "truncate": lambda d, p: d.truncate(p, 0),
+}
+
+
+@pytest.mark.parametrize("method", sorted(_MISSING_CALLS))
+@pytest.mark.parametrize("missing", ["absent", "absent/child", "afile/child"])
+def test_missing_path_is_path_not_found_everywhere(
+    driver: StorageDriver, method: str, missing: str
+) -> None:
+    driver.put_content("afile", b"x")
+    with pytest.raises(PathNotFound):
+        _MISSING_CALLS[method](driver, missing)
+    assert driver.get_content("afile") == b"x"
+    assert not driver.exists(missing)
+
+
+# --------------------------------------------------------------------------- paths
+
+INVALID_PATHS = [
+    "",
+    "/abs",
+    "/",
+    "a/../b",
+    "..",
+    "../escape",
+    "a//b",
+    "a/",
+    ".",
+    "a/./b",
+    "with space",
+    "nul\x00byte",
+    "trailing\n",
+    "back\\slash",
+]
+
+_PATH_CALLS: dict[str, Callable[[StorageDriver, str], Any]] = {
+    "get_content": lambda d, p: d.get_content(p),
+    "put_content": lambda d, p: d.put_content(p, b"x"),
+    "reader": lambda d, p: d.reader(p),
+    "writer": lambda d, p: d.writer(p),
+    "writer_append": lambda d, p: d.writer(p, append=True),
+    "stat": lambda d, p: d.stat(p),
+    "list": lambda d, p: d.list(p),
+    "move_src": lambda d, p: d.move(p, "valid/dst"),
+    "move_dst": lambda d, p: d.move("valid/src", p),
+    "delete": lambda d, p: d.delete(p),
+    "truncate": lambda d, p: d.truncate(p, 0),
+    "exists": lambda d, p: d.exists(p),
+}
+
+
+@pytest.mark.parametrize("method", sorted(_PATH_CALLS))
+@pytest.mark.parametrize("bad", INVALID_PATHS, ids=repr)
+def test_invalid_path_is_rejected_by_every_method(
+    driver: StorageDriver, method: str, bad: str
+) -> None:
+    if method == "list" and bad in ("", "/"):
+        return  # list("") and list("/") name the driver root: see test_list_root
+    driver.put_content("valid/src", b"source")
+    with pytest.raises(InvalidPath):
+        _PATH_CALLS[method](driver, bad)
+    # A rejected call changes nothing.
+    assert driver.get_content("valid/src") == b"source"
+    assert driver.list("") == ["valid"]
+    assert driver.list("valid") == ["valid/src"]
+
+
+def test_valid_path_characters_are_accepted(driver: StorageDriver) -> None:
+    path = "v2/Library_x/my-repo.name/sha256/0123456789abcdef"
+    driver.put_content(path, b"ok")
+    assert driver.get_content(path) == b"ok"
+
+
+# --------------------------------------------------------------------------- reader
+
+
+@pytest.fixture
+def ten_bytes(driver: StorageDriver) -> str:
+    driver.put_content("blob/data", b"0123456789")
+    return "blob/data"
+
+
+@pytest.mark.parametrize(
+    ("offset", "expected"), [(0, b"0123456789"), (4, b"456789"), (9, b"9"), (10, b"")]
+)
+def test_reader_starts_at_offset(
+    driver: StorageDriver, ten_bytes: str, offset: int, expected: bytes
+) -> None:
+    assert _read_all(driver, ten_bytes, offset) == expected
+
+
+@pytest.mark.parametrize("offset", [11, 1000, -1])
+def test_reader_offset_outside_content_is_invalid(
+    driver: StorageDriver, ten_bytes: str, offset: int
+) -> None:
+    with pytest.raises(InvalidOffset):
+        driver.reader(ten_bytes, offset)
+
+
+def test_reader_missing_path(driver: StorageDriver) -> None:
+    with pytest.raises(PathNotFound):
+        driver.reader("blob/missing", 0)
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def test_writer_commit_makes_content_readable(driver: StorageDriver) -> None:
+    with driver.writer("uploads/u1/data") as writer:
+        assert writer.size == 0
+        assert writer.write(b"hello ") == 6
+        assert writer.write(b"world") == 5
+        assert writer.size == 11
+        writer.commit()
+    assert driver.get_content("uploads/u1/data") == b"hello world"
+    assert driver.stat("uploads/u1/data").size == 11
+
+
+def test_writer_append_continues_at_size(driver: StorageDriver) -> None:
+    with driver.writer("uploads/u1/data") as writer:
+        writer.write(b"first-")
+        writer.commit()
+    with driver.writer("uploads/u1/data", append=True) as writer:
+        assert writer.size == 6
+        writer.write(b"second")
+        assert writer.size == 12
+        writer.commit()
+    assert driver.get_content("uploads/u1/data") == b"first-second"
+
+
+def test_writer_append_to_missing_path_starts_empty(driver: StorageDriver) -> None:
+    with driver.writer("uploads/new/data", append=True) as writer:
+        assert writer.size == 0
+        writer.write(b"abc")
+        writer.commit()
+    assert driver.get_content("uploads/new/data") == b"abc"
+
+
+def test_writer_without_append_truncates(driver: StorageDriver) -> None:
+    driver.put_content("uploads/u1/data", b"old content that is long")
+    with driver.writer("uploads/u1/data", append=False) as writer:
+        assert writer.size == 0
+        writer.write(b"new")
+        writer.commit()
+    assert driver.get_content("uploads/u1/data") == b"new"
+
+
+def test_writer_cancel_drops_only_what_this_writer_wrote(driver: StorageDriver) -> None:
+    driver.put_content("uploads/u1/data", b"kept:")
+    writer = driver.writer("uploads/u1/data", append=True)
+    writer.write(b"dropped-1")
+    writer.write(b"dropped-2")
+    writer.cancel()
+    assert writer.size == 5
+    writer.close()
+    assert driver.get_content("uploads/u1/data") == b"kept:"
+    assert driver.stat("uploads/u1/data").size == 5
+
+
+def test_writer_cancel_after_earlier_commit_keeps_committed_session(
+    driver: StorageDriver,
+) -> None:
+    # Chunked upload: PATCH 1 commits, PATCH 2 fails and is cancelled.
+    with driver.writer("uploads/u1/data", append=True) as writer:
+        writer.write(b"chunk-1;")
+        writer.commit()
+    writer = driver.writer("uploads/u1/data", append=True)
+    writer.write(b"chunk-2-broken")
+    writer.cancel()
+    writer.close()
+    with driver.writer("uploads/u1/data", append=True) as writer:
+        assert writer.size == 8
+        writer.write(b"chunk-2;")
+        writer.commit()
+    assert driver.get_content("uploads/u1/data") == b"chunk-1;chunk-2;"
+
+
+def test_writer_context_manager_cancels_on_exception(driver: StorageDriver) -> None:
+    driver.put_content("uploads/u1/data", b"committed")
+    writer = driver.writer("uploads/u1/data", append=True)
+    with pytest.raises(RuntimeError, match="client went away"), writer:
+        writer.write(b"partial chunk")
+        raise RuntimeError("client went away")
+    assert driver.get_content("uploads/u1/data") == b"committed"
+
+
+def test_writer_context_manager_on_new_path_leaves_no_bytes(driver: StorageDriver) -> None:
+    writer = driver.writer("uploads/u2/data")
+    with pytest.raises(RuntimeError, match="boom"), writer:
+        writer.write(b"partial chunk")
+        raise RuntimeError("boom")
+    assert not driver.exists("uploads/u2/data") or driver.get_content("uploads/u2/data") == b""
+
+
+def test_large_object_streams_intact(driver: StorageDriver) -> None:
+    block = hashlib.sha256(b"seed").digest() * (CHUNK // 32)  # 64 KiB, not all one byte
+    expected = hashlib.sha256()
+    with driver.writer("blobs/sha256/big/data") as writer:
+        for index in range(8 * MiB // CHUNK):
+            chunk = bytes([index % 256]) + block[1:]
+            expected.update(chunk)
+            writer.write(chunk)
+        assert writer.size == 8 * MiB
+        writer.commit()
+    assert driver.stat("blobs/sha256/big/data").size == 8 * MiB
+    got = hashlib.sha256()
+    total = 0
+    with driver.reader("blobs/sha256/big/data") as stream:
+        while chunk := stream.read(CHUNK):
+            got.update(chunk)
+            total += len(chunk)
+    assert total == 8 * MiB
+    assert got.hexdigest() == expected.hexdigest()
+    # Resuming part-way through (a ranged GET) sees the right tail.
+    with driver.reader("blobs/sha256/big/data", 8 * MiB - 10) as stream:
+        assert len(stream.read()) == 10
+
+
+# --------------------------------------------------------------------------- stat / list
+
+
+def test_stat_file_and_directory(driver: StorageDriver) -> None:
+    driver.put_content("repo/blobs/one", b"12345")
+    info = driver.stat("repo/blobs/one")
+    assert (info.path, info.size, info.is_dir) == ("repo/blobs/one", 5, False)
+    assert info.mtime > 0
+    directory = driver.stat("repo/blobs")
+    assert directory.is_dir is True
+    assert directory.path == "repo/blobs"
+    assert driver.stat("repo").is_dir is True
+
+
+def test_stat_missing(driver: StorageDriver) -> None:
+    with pytest.raises(PathNotFound):
+        driver.stat("repo/nothing")
+
+
+def test_list_direct_children_as_full_sorted_paths(driver: StorageDriver) -> None:
+    for name in ["zeta", "alpha", "Mid", "sub/deep/file", "sub/other"]:
+        driver.put_content(f"top/{name}", b"x")
+    assert driver.list("top") == ["top/Mid", "top/alpha", "top/sub", "top/zeta"]
+    assert driver.list("top/sub") == ["top/sub/deep", "top/sub/other"]
+    assert driver.list("top/sub/deep") == ["top/sub/deep/file"]
+
+
+def test_list_root(driver: StorageDriver) -> None:
+    driver.put_content("b/x", b"1")
+    driver.put_content("a", b"2")
+    assert driver.list("") == ["a", "b"]
+
+
+def test_list_missing_directory(driver: StorageDriver) -> None:
+    driver.put_content("top/file", b"x")
+    with pytest.raises(PathNotFound):
+        driver.list("nothere")
+    with pytest.raises(PathNotFound):
+        driver.list("top/nothere")
+
+
+# --------------------------------------------------------------------------- move / delete
+
+
+def test_move_replaces_destination_and_removes_source(driver: StorageDriver) -> None:
+    driver.put_content("uploads/u1/data", b"new blob bytes")
+    driver.put_content("blobs/sha256/ab/data", b"old, longer destination bytes")
+    driver.move("uploads/u1/data", "blobs/sha256/ab/data")
+    assert driver.get_content("blobs/sha256/ab/data") == b"new blob bytes"
+    assert not driver.exists("uploads/u1/data")
+    with pytest.raises(PathNotFound):
+        driver.get_content("uploads/u1/data")
+
+
+def test_move_creates_destination_parents(driver: StorageDriver) -> None:
+    driver.put_content("src", b"data")
+    driver.move("src", "deep/new/parent/dst")
+    assert driver.get_content("deep/new/parent/dst") == b"data"
+    assert driver.list("") == ["deep"]
+
+
+def test_move_missing_source(driver: StorageDriver) -> None:
+    driver.put_content("dst", b"untouched")
+    with pytest.raises(PathNotFound):
+        driver.move("src/missing", "dst")
+    assert driver.get_content("dst") == b"untouched"
+
+
+def test_concurrent_readers_of_destination_never_see_partial_move(
+    driver: StorageDriver,
+) -> None:
+    old, new = b"o" * 200_000, b"n" * 300_000
+    driver.put_content("dst", old)
+    seen: set[bytes] = set()
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.add(driver.get_content("dst"))
+
+    def move() -> None:
+        try:
+            for _ in range(20):
+                driver.put_content("src", new)
+                driver.move("src", "dst")
+                driver.put_content("src", old)
+                driver.move("src", "dst")
+        finally:
+            stop.set()
+
+    assert _run_threads([read, move]) == []
+    assert seen <= {old, new}
+
+
+def test_delete_file(driver: StorageDriver) -> None:
+    driver.put_content("repo/a", b"1")
+    driver.put_content("repo/b", b"2")
+    driver.delete("repo/a")
+    assert not driver.exists("repo/a")
+    assert driver.list("repo") == ["repo/b"]
+
+
+def test_delete_tree(driver: StorageDriver) -> None:
+    for path in ["repo/x/1", "repo/x/y/2", "repo/x/y/z/3", "repo/keep", "repox/keep"]:
+        driver.put_content(path, b"data")
+    driver.delete("repo/x")
+    assert not driver.exists("repo/x")
+    assert not driver.exists("repo/x/y/z/3")
+    assert driver.list("repo") == ["repo/keep"]
+    assert driver.get_content("repox/keep") == b"data"
+
+
+def test_delete_missing(driver: StorageDriver) -> None:
+    with pytest.raises(PathNotFound):
+        driver.delete("repo/never")
+
+
+def test_delete_does_not_touch_sibling_with_same_prefix(driver: StorageDriver) -> None:
+    driver.put_content("repo/ab", b"keep")
+    driver.put_content("repo/a", b"drop")
+    driver.delete("repo/a")
+    assert driver.get_content("repo/ab") == b"keep"
+
+
+# --------------------------------------------------------------------------- misc
+
+
+def test_truncate_cuts_back(driver: StorageDriver) -> None:
+    driver.put_content("uploads/u1/data", b"0123456789")
+    driver.truncate("uploads/u1/data", 4)
+    assert driver.get_content("uploads/u1/data") == b"0123"
+    assert driver.stat("uploads/u1/data").size == 4
+    driver.truncate("uploads/u1/data", 0)
+    assert driver.get_content("uploads/u1/data") == b""
+
+
+def test_truncate_then_append_resumes_at_cut(driver: StorageDriver) -> None:
+    # What uploads.py does after a crash: cut to the recorded size, then append.
+    driver.put_content("uploads/u1/data", b"good|garbage")
+    driver.truncate("uploads/u1/data", 5)
+    with driver.writer("uploads/u1/data", append=True) as writer:
+        assert writer.size == 5
+        writer.write(b"more")
+        writer.commit()
+    assert driver.get_content("uploads/u1/data") == b"good|more"
+
+
+def test_truncate_missing(driver: StorageDriver) -> None:
+    with pytest.raises(PathNotFound):
+        driver.truncate("uploads/none", 0)
+
+
+def test_exists(driver: StorageDriver) -> None:
+    assert driver.exists("a/b") is False
+    driver.put_content("a/b", b"x")
+    assert driver.exists("a/b") is True
+    assert driver.exists("a") is True  # a directory exists too
+    driver.delete("a/b")
+    assert driver.exists("a/b") is False
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_redirect_url_is_none(driver: StorageDriver, method: str) -> None:
+    driver.put_content("blobs/x", b"x")
+    assert driver.redirect_url("blobs/x", method) is None
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def test_concurrent_writers_on_separate_paths(driver: StorageDriver) -> None:
+    count, size = 8, 1 * MiB
+    payloads = {f"uploads/u{i}/data": os.urandom(size) for i in range(count)}
+
+    def upload(path: str, data: bytes) -> Callable[[], None]:
+        def run() -> None:
+            with driver.writer(path) as writer:
+                _write_chunks(writer, data, chunk=8 * 1024)
+                writer.commit()
+
+        return run
+
+    assert _run_threads([upload(p, d) for p, d in payloads.items()]) == []
+    for path, data in payloads.items():
+        assert driver.get_content(path) == data, path
+    assert driver.list("") == ["uploads"]
+    assert driver.list("uploads") == sorted(p.rsplit("/", 1)[0] for p in payloads)
+
+
+def test_concurrent_put_content_same_path_is_never_mixed(driver: StorageDriver) -> None:
+    # Two pushes of the same tag at once: the link ends up as one value or the
+    # other, whole, and neither push fails.
+    first, second = b"A" * 3 * MiB, b"B" * 2 * MiB
+    for _ in range(10):
+        errors = _run_threads(
+            [
+                lambda: driver.put_content("tags/latest", first),
+                lambda: driver.put_content("tags/latest", second),
+            ]
+        )
+        assert errors == []
+        assert driver.get_content("tags/latest") in (first, second)
+        assert driver.list("tags") == ["tags/latest"]
+
+
+# --------------------------------------------------------------------------- filesystem
+
+
+@pytest.mark.parametrize("bad", INVALID_PATHS, ids=repr)
+def test_filesystem_full_path_rejects_traversal(fs_driver: FilesystemDriver, bad: str) -> None:
+    with pytest.raises(InvalidPath):
+        fs_driver.full_path(bad)
+
+
+def test_filesystem_full_path_stays_under_root(fs_driver: FilesystemDriver) -> None:
+    full = fs_driver.full_path("a/b.c/d-e_f")
+    assert full.is_relative_to(fs_driver.root)
+    assert full == fs_driver.root / "a" / "b.c" / "d-e_f"
+
+
+def test_filesystem_nothing_written_outside_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    fs = create_driver("filesystem", {"root": str(root)})
+    for bad in ["../outside", "a/../../outside", "/tmp/outside"]:
+        with pytest.raises(InvalidPath):
+            fs.put_content(bad, b"x")
+        with pytest.raises(InvalidPath):
+            fs.writer(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+    assert list(root.iterdir()) == []
+
+
+def _all_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_filesystem_put_content_leaves_no_temp_files(fs_driver: FilesystemDriver) -> None:
+    fs_driver.put_content("repo/tags/latest/link", b"sha256:1")
+    fs_driver.put_content("repo/tags/latest/link", b"sha256:2")
+    fs_driver.put_content("top", b"x")
+    assert _all_files(fs_driver.root) == ["repo/tags/latest/link", "top"]
+    assert fs_driver.get_content("repo/tags/latest/link") == b"sha256:2"
+
+
+def test_filesystem_failed_put_content_leaves_no_temp_files(
+    fs_driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs_driver.put_content("repo/link", b"old")
+
+    def failing_replace(src: Any, dst: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        fs_driver.put_content("repo/link", b"new")
+    monkeypatch.undo()
+    assert fs_driver.get_content("repo/link") == b"old"
+    assert _all_files(fs_driver.root) == ["repo/link"]
+
+
+def test_filesystem_concurrent_put_content_leaves_no_temp_files(
+    fs_driver: FilesystemDriver,
+) -> None:
+    _run_threads([lambda: fs_driver.put_content("tags/latest", b"x" * MiB) for _ in range(4)])
+    assert _all_files(fs_driver.root) == ["tags/latest"]
+
+
+def test_filesystem_move_result_is_on_disk(fs_driver: FilesystemDriver) -> None:
+    fs_driver.put_content("uploads/u1/data", b"blob")
+    fs_driver.move("uploads/u1/data", "blobs/ab/data")
+    root = fs_driver.root
+    assert (root / "blobs" / "ab" / "data").read_bytes() == b"blob"
+    assert not (root / "uploads" / "u1" / "data").exists()
+    # A fresh driver over the same root (a restarted process) sees the same thing.
+    again = create_driver("filesystem", {"root": str(root)})
+    assert again.get_content("blobs/ab/data") == b"blob"
+    assert not again.exists("uploads/u1/data")
+
+
+def test_filesystem_move_fsyncs_destination_directory(
+    fs_driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs_driver.put_content("src", b"blob")
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    fs_driver.move("src", "dir/dst")
+    assert synced, "move() did not fsync anything"
+    assert (fs_driver.root / "dir" / "dst").read_bytes() == b"blob"
+    assert not (fs_driver.root / "src").exists()
+
+
+def test_filesystem_root_is_created(tmp_path: Path) -> None:
+    root = tmp_path / "not" / "yet" / "there"
+    fs = create_driver("filesystem", {"root": str(root)})
+    assert root.is_dir()
+    fs.put_content("x", b"1")
+    assert (root / "x").read_bytes() == b"1"
+
+
+def test_create_driver_unknown_name() -> None:
+    with pytest.raises(ValueError, match="s3"):
+        create_driver("s3", {})
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_leak() -> Iterator[None]:
+    before = threading.active_count()
+    yield
+    assert threading.active_count() == before

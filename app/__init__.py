@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,9 @@ def create_app(
     from app.views import base, blobs, listings, manifests, uploads
 
     settings = load_settings(overrides=overrides)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("app").setLevel(settings.log_level.upper())
     app = Flask(__name__)
     app.config["BERTH_SETTINGS"] = settings
     if driver is None:

@@ -51,6 +51,7 @@ def serve(bind: str, workers: int | None) -> None:
         "--config", str(conf),
         "--bind", bind,
         "--workers", str(workers),
+        "--log-level", settings.log_level.lower(),
         "app.wsgi:app",
     ]  # fmt: skip
     os.execv(sys.executable, argv)

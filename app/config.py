@@ -59,6 +59,10 @@ class Settings:
         for name in ("upload_max_age", "upload_purge_interval", "max_manifest_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(
+                f"log_level: {self.log_level!r} is not one of debug, info, warning, error, critical"
+            )
         if self.max_manifest_size < 4 * 1024 * 1024:
             raise ConfigError("max_manifest_size: the spec requires at least 4 MiB")
 

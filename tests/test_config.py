@@ -356,3 +356,19 @@ def test_berth_serve_with_bad_setting_exits_with_one_clear_line(
     assert setting in lines[0]
     # It stopped before touching anything: no database, no storage directory.
     assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize(("raw", "size"), [("4m", 4 * MiB), ("8MiB", 8 * MiB), ("1g", 1024 * MiB)])
+def test_sizes_take_units(raw: str, size: int) -> None:
+    assert load_settings({"BERTH_MAX_MANIFEST_SIZE": raw}).max_manifest_size == size
+
+
+@pytest.mark.parametrize("raw", ["loud", "", "verbose"])
+def test_bad_log_level_names_the_setting(raw: str) -> None:
+    with pytest.raises(ConfigError, match="log_level"):
+        load_settings({"BERTH_LOG_LEVEL": raw})
+
+
+def test_overrides_are_checked_like_environment_values() -> None:
+    with pytest.raises(ConfigError, match="delete_enabled"):
+        load_settings({}, overrides={"delete_enabled": "maybe"})

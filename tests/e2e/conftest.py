@@ -1,0 +1,247 @@
+"""End-to-end fixtures: real `berth serve` processes (gunicorn, 2 workers) and fresh databases.
+
+`berth_server_factory` starts as many servers as a test needs (any database URL, any storage
+root, so two instances can share both); `berth_server` is one server on a private SQLite file.
+When a test fails, the tail of every server log it started is attached to the failure report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+import requests
+
+STRICT = os.environ.get("BERTH_TEST_STRICT") == "1"
+PG_ADMIN_URL = os.environ.get(
+    "BERTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+BERTH = Path(sys.executable).parent / "berth"
+STARTUP_TIMEOUT = 30.0  # seconds until GET /v2/ must answer 200
+STOP_TIMEOUT = 15.0  # seconds between SIGTERM and SIGKILL
+LOG_TAIL = 8000  # characters of server log shown with a failure
+WORKERS = 2
+
+_E2E_DIR = Path(__file__).resolve().parent
+_SERVERS = pytest.StashKey[list["BerthServer"]]()
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """A missing service skips locally; under BERTH_TEST_STRICT=1 it fails the run."""
+    if STRICT:
+        pytest.fail(f"BERTH_TEST_STRICT=1: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclass
+class BerthServer:
+    """One running `berth serve` (gunicorn master + workers, in their own process group)."""
+
+    host: str  # "127.0.0.1:PORT", as container clients want it
+    url: str  # "http://127.0.0.1:PORT"
+    log_path: Path
+    database_url: str
+    storage_root: Path
+    process: subprocess.Popen[bytes] = field(repr=False)
+    log_reported: bool = field(default=False, repr=False)  # already in a failure message
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, limit: int = LOG_TAIL) -> str:
+        text = self.log()
+        return text if len(text) <= limit else "...\n" + text[-limit:]
+
+    def terminate(self) -> None:
+        """Ask gunicorn to shut down (SIGTERM to the whole group); see wait_stopped."""
+        if self.process.poll() is None:
+            _signal_group(self.process, signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = STOP_TIMEOUT) -> None:
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.process, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        # Workers outlive a SIGKILLed master: make sure nothing of the group is left.
+        _signal_group(self.process, signal.SIGKILL)
+
+    def stop(self) -> None:
+        self.terminate()
+        self.wait_stopped()
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    # start_new_session: the group id is the master's pid.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(server: BerthServer, timeout: float) -> str | None:
+    """None once GET /v2/ gives 200; otherwise why not (process exited, or timed out)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        code = server.process.poll()
+        if code is not None:
+            return f"berth serve exited with status {code}"
+        try:
+            response = requests.get(f"{server.url}/v2/", timeout=2)
+            if response.status_code == 200:
+                return None
+            last = f"GET /v2/ answered {response.status_code}"
+        except requests.RequestException as exc:
+            last = f"GET /v2/ failed: {exc.__class__.__name__}"
+        time.sleep(0.1)
+    return f"not ready after {timeout:.0f}s ({last})"
+
+
+StartServer = Callable[..., BerthServer]
+
+
+@pytest.fixture
+def berth_server_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StartServer]:
+    """Returns start(database_url=None, storage_root=None, env=None, name=None) -> BerthServer.
+
+    Defaults: a fresh SQLite file and storage directory per server. Servers are stopped at
+    teardown (SIGTERM to all at once, SIGKILL after STOP_TIMEOUT).
+    """
+    servers: list[BerthServer] = []
+    request.node.stash[_SERVERS] = servers
+
+    def start(
+        database_url: str | None = None,
+        storage_root: Path | None = None,
+        env: dict[str, str] | None = None,
+        name: str | None = None,
+    ) -> BerthServer:
+        workdir = tmp_path_factory.mktemp(name or "berth")
+        database_url = database_url or f"sqlite:///{workdir / 'berth.db'}"
+        storage_root = Path(storage_root or workdir / "storage")
+        server_env = {
+            **os.environ,
+            "BERTH_DATABASE_URL": database_url,
+            "BERTH_STORAGE_ROOT": str(storage_root),
+            **(env or {}),
+        }
+        server_env.pop("BERTH_CONFIG", None)  # only what the test says
+        problem = ""
+        for attempt in range(3):  # a free port can be taken between probe and bind
+            port = _free_port()
+            log_path = workdir / f"server-{port}.log"
+            with log_path.open("wb") as log_file:
+                process = subprocess.Popen(
+                    [str(BERTH), "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)],
+                    cwd=workdir,
+                    env=server_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            server = BerthServer(
+                host=f"127.0.0.1:{port}",
+                url=f"http://127.0.0.1:{port}",
+                log_path=log_path,
+                database_url=database_url,
+                storage_root=storage_root,
+                process=process,
+            )
+            servers.append(server)
+            problem = _wait_ready(server, STARTUP_TIMEOUT) or ""
+            if not problem:
+                return server
+            server.stop()
+            if "Address already in use" not in server.log() or attempt == 2:
+                break
+        server.log_reported = True
+        pytest.fail(
+            f"berth serve on {server.host} did not come up: {problem}\n"
+            f"--- server log ({server.log_path}) ---\n{server.log_tail()}",
+            pytrace=False,
+        )
+
+    yield start
+
+    for server in servers:
+        server.terminate()
+    for server in servers:
+        server.wait_stopped()
+
+
+@pytest.fixture
+def berth_server(berth_server_factory: StartServer) -> BerthServer:
+    """One server on its own SQLite database and storage root."""
+    return berth_server_factory()
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """URL of a fresh, empty PostgreSQL database; dropped after the test."""
+    import psycopg2
+    from psycopg2 import sql
+
+    try:
+        admin = psycopg2.connect(PG_ADMIN_URL, connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        skip_or_fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {detail}")
+    admin.autocommit = True
+    name = f"berth_e2e_{secrets.token_hex(6)}"
+    try:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        admin.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # This hook sees the whole session's items: mark only those under tests/e2e.
+    for item in items:
+        if _E2E_DIR in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed and report.when in ("setup", "call"):
+        for server in item.stash.get(_SERVERS, []):
+            if server.log_reported:
+                continue
+            report.sections.append(
+                (f"berth server {server.host} log ({server.log_path})", server.log_tail())
+            )
+    return report

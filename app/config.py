@@ -6,6 +6,7 @@ Validated once at start-up; a bad value stops the process with one clear message
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -71,7 +72,19 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
 def _coerce(name: str, raw: Any) -> Any:
-    default = _FIELDS[name].default
+    field = _FIELDS[name]
+    if field.default_factory is not dataclasses.MISSING:
+        # Structured settings (lists of tables in TOML): JSON when given in the environment.
+        expected = type(field.default_factory())
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{name}: not valid JSON: {exc}") from exc
+        if not isinstance(raw, expected):
+            raise ConfigError(f"{name}: expected a {expected.__name__}, got {raw!r}")
+        return raw
+    default = field.default
     if isinstance(default, bool):
         if isinstance(raw, bool):
             return raw

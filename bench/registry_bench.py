@@ -1,0 +1,488 @@
+"""Berth against the reference registry (Debian's docker-registry), side by side, in one run.
+
+    .venv/bin/python bench/registry_bench.py            # full run, prints a table
+    .venv/bin/python bench/registry_bench.py --quick    # tiny sizes: checks the script works
+
+Each target is started fresh on a free port, the same steps run against each, and every
+figure is printed with the ratio Berth / reference ("x" > 1 means Berth is better, for
+times the ratio is inverted so that the same holds). Needs skopeo and wrk (Debian packages)
+and docker-registry for the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.ocilayout import build_oci_layout, layout_differences, read_layout  # noqa: E402
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MiB = 1024 * 1024
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if requests.get(url + "/v2/", timeout=1).status_code in (200, 401):
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system time of the live processes plus what their reaped children used."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / ticks
+
+
+def peak_rss_mib(pids: list[int]) -> tuple[float, float]:
+    """(sum of the processes' peak RSS, the largest single one) in MiB."""
+    peaks = []
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"VmHWM:\s+(\d+) kB", status)
+        if match:
+            peaks.append(int(match.group(1)) / 1024)
+    return sum(peaks), max(peaks, default=0.0)
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    extra_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def host(self) -> str:
+        return self.url.removeprefix("http://")
+
+    def pids(self) -> list[int]:
+        return process_tree(self.proc.pid)
+
+    def stop(self) -> None:
+        for proc in [*self.extra_procs, self.proc]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [*self.extra_procs, self.proc]:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def start_reference(workdir: Path) -> Target:
+    port = free_port()
+    config = workdir / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: error\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'data'}\n"
+        "  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc)
+    return Target("reference", url, proc, workdir)
+
+
+def start_berth(workdir: Path, workers: int | None, database_url: str | None) -> Target:
+    port = free_port()
+    env = {
+        **os.environ,
+        "BERTH_STORAGE_ROOT": str(workdir / "storage"),
+        "BERTH_DATABASE_URL": database_url or f"sqlite:///{workdir / 'berth.db'}",
+        "BERTH_LOG_LEVEL": "warning",
+    }
+    argv = [str(Path(sys.executable).parent / "berth"), "serve", "--bind", f"127.0.0.1:{port}"]
+    if workers:
+        argv += ["--workers", str(workers)]
+    log = open(workdir / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        argv, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc)
+    return Target("berth", url, proc, workdir)
+
+
+# ----------------------------------------------------------------------------- clients
+
+
+def skopeo(*args: str) -> None:
+    subprocess.run(
+        ["skopeo", "--insecure-policy", *args],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+
+
+def push_blob(session: requests.Session, url: str, repo: str, data: bytes) -> str:
+    """What docker and skopeo do: HEAD, POST, one streamed PATCH, PUT ?digest."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    if session.head(f"{url}/v2/{repo}/blobs/{digest}").status_code == 200:
+        return digest
+    start = session.post(f"{url}/v2/{repo}/blobs/uploads/")
+    start.raise_for_status()
+    location = requests.compat.urljoin(url, start.headers["Location"])
+    patch = session.patch(location, data=data, headers={"Content-Type": "application/octet-stream"})
+    patch.raise_for_status()
+    location = requests.compat.urljoin(url, patch.headers["Location"])
+    sep = "&" if "?" in location else "?"
+    session.put(f"{location}{sep}digest={digest}").raise_for_status()
+    return digest
+
+
+def small_manifest(config: bytes, layers: list[bytes]) -> bytes:
+    def desc(data: bytes, media_type: str) -> dict[str, object]:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": desc(config, "application/vnd.oci.image.config.v1+json"),
+            "layers": [desc(b, "application/vnd.oci.image.layer.v1.tar+gzip") for b in layers],
+        }
+    ).encode()
+
+
+def put_manifest(session: requests.Session, url: str, repo: str, ref: str, body: bytes) -> None:
+    response = session.put(
+        f"{url}/v2/{repo}/manifests/{ref}", data=body, headers={"Content-Type": MANIFEST}
+    )
+    response.raise_for_status()
+
+
+def wrk(url: str, headers: dict[str, str] | None = None, seconds: int = 5) -> tuple[float, float]:
+    """Requests per second and p99 latency (ms) of GETs: wrk, 2 threads, 16 connections."""
+    argv = ["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency"]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*argv, url], check=True, capture_output=True, text=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    assert p99, out
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    return rps, float(p99.group(1)) * scale
+
+
+def ab_head(url: str, seconds: int = 5) -> tuple[float, float]:
+    """The same for HEAD, with ab (wrk waits for a body that a HEAD response never has)."""
+    argv = ["ab", "-q", "-k", "-i", "-c16", f"-t{seconds}", "-n1000000", url]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    if re.search(r"Non-2xx responses:\s+[1-9]", out):
+        raise RuntimeError(f"ab saw errors against {url}:\n{out}")
+    rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = float(re.search(r"\s99%\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    return rps, p99
+
+
+def timed(fn: Callable[[], object], repeat: int = 1) -> float:
+    """Median wall time of fn over repeat runs, in seconds."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+@dataclass
+class Figure:
+    name: str
+    unit: str
+    higher_is_better: bool
+
+
+FIGURES = [
+    Figure("big push", "MB/s", True),
+    Figure("big pull", "MB/s", True),
+    Figure("small pushes", "images/s", True),
+    Figure("GET manifest by tag", "req/s", True),
+    Figure("GET manifest p99", "ms", False),
+    Figure("HEAD blob", "req/s", True),
+    Figure("HEAD blob p99", "ms", False),
+    Figure("GET /v2/", "req/s", True),
+    Figure("GET /v2/ p99", "ms", False),
+    Figure("blob GET", "MB/s", True),
+    Figure("catalog page", "ms", False),
+    Figure("tags page", "ms", False),
+    Figure("server CPU", "s", False),
+    Figure("peak RSS (all processes)", "MiB", False),
+    Figure("peak RSS (largest process)", "MiB", False),
+]
+
+
+@dataclass
+class Inputs:
+    big: Path
+    big_bytes: int
+    small_count: int
+    blob: bytes
+    listing: int
+    wrk_seconds: int
+
+
+def prepare(workdir: Path, quick: bool) -> Inputs:
+    layer = 64 * 1024 if quick else 64 * MiB
+    image = build_oci_layout(workdir / "big", tag="v1", layers=4, layer_size=layer, seed=7)
+    size = sum(
+        (image.path / "blobs" / d.replace(":", "/")).stat().st_size for d in image.all_digests()
+    )
+    return Inputs(
+        big=workdir / "big",
+        big_bytes=size,
+        small_count=5 if quick else 50,
+        blob=os.urandom(256 * 1024 if quick else 64 * MiB),
+        listing=50 if quick else 10_000,
+        wrk_seconds=1 if quick else 5,
+    )
+
+
+def populate_listings(target: Target, count: int) -> None:
+    """count repositories holding one small image, and count tags in one repository."""
+    session = requests.Session()
+    config, layer = b'{"architecture":"amd64","os":"linux"}', b"bench layer"
+    for data in (config, layer):
+        push_blob(session, target.url, "bench/base", data)
+    body = small_manifest(config, [layer])
+    put_manifest(session, target.url, "bench/base", "v1", body)
+    digests = ["sha256:" + hashlib.sha256(d).hexdigest() for d in (config, layer)]
+
+    def fill_repo(i: int, local: dict[int, requests.Session] = {}) -> None:  # noqa: B006
+        sess = local.setdefault(os.getpid() * 1000 + i % 8, requests.Session())
+        repo = f"bench/repo{i:05d}"
+        for digest in digests:
+            mount = sess.post(
+                f"{target.url}/v2/{repo}/blobs/uploads/?mount={digest}&from=bench/base"
+            )
+            assert mount.status_code == 201, mount.status_code
+        put_manifest(sess, target.url, repo, "v1", body)
+
+    def fill_tag(i: int) -> None:
+        put_manifest(requests.Session(), target.url, "bench/base", f"t{i:05d}", body)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(fill_repo, range(count)))
+        list(pool.map(fill_tag, range(count)))
+
+
+def run_steps(target: Target, inputs: Inputs, workdir: Path) -> dict[str, float]:
+    results: dict[str, float] = {}
+    url, host = target.url, target.host
+    session = requests.Session()
+
+    # Big image push and pull with a real client; digests verified after the pull.
+    src = read_layout(inputs.big, "v1")
+    seconds = timed(
+        lambda: skopeo(
+            "copy",
+            "--dest-tls-verify=false",
+            f"oci:{inputs.big}:v1",
+            f"docker://{host}/bench/big:v1",
+        )
+    )
+    results["big push"] = inputs.big_bytes / MiB / seconds
+    out = workdir / f"pulled-{target.name}"
+    seconds = timed(
+        lambda: skopeo(
+            "copy", "--src-tls-verify=false", f"docker://{host}/bench/big:v1", f"oci:{out}:v1"
+        )
+    )
+    results["big pull"] = inputs.big_bytes / MiB / seconds
+    problems = layout_differences(src, read_layout(out, "v1"))
+    if problems:
+        raise RuntimeError(f"{target.name}: pulled image differs: {problems}")
+
+    # Small images, one after another, as a client would push them.
+    def small_pushes() -> None:
+        for i in range(inputs.small_count):
+            config = json.dumps({"architecture": "amd64", "os": "linux", "i": i}).encode()
+            layer = os.urandom(2048)
+            push_blob(session, url, "bench/small", config)
+            push_blob(session, url, "bench/small", layer)
+            put_manifest(session, url, "bench/small", f"s{i}", small_manifest(config, [layer]))
+
+    results["small pushes"] = inputs.small_count / timed(small_pushes)
+
+    manifest_url = f"{url}/v2/bench/small/manifests/s0"
+    rps, p99 = wrk(manifest_url, headers={"Accept": MANIFEST}, seconds=inputs.wrk_seconds)
+    results["GET manifest by tag"], results["GET manifest p99"] = rps, p99
+    blob_digest = push_blob(session, url, "bench/blob", inputs.blob)
+    rps, p99 = ab_head(f"{url}/v2/bench/blob/blobs/{blob_digest}", seconds=inputs.wrk_seconds)
+    results["HEAD blob"], results["HEAD blob p99"] = rps, p99
+    rps, p99 = wrk(f"{url}/v2/", seconds=inputs.wrk_seconds)
+    results["GET /v2/"], results["GET /v2/ p99"] = rps, p99
+
+    def get_blob() -> None:
+        hasher = hashlib.sha256()
+        with session.get(f"{url}/v2/bench/blob/blobs/{blob_digest}", stream=True) as response:
+            response.raise_for_status()
+            for chunk in response.iter_content(1024 * 1024):
+                hasher.update(chunk)
+        assert "sha256:" + hasher.hexdigest() == blob_digest
+
+    results["blob GET"] = len(inputs.blob) / MiB / timed(get_blob, repeat=3)
+
+    populate_listings(target, inputs.listing)
+    results["catalog page"] = 1000 * timed(
+        lambda: session.get(f"{url}/v2/_catalog?n=100").raise_for_status(), repeat=5
+    )
+    results["tags page"] = 1000 * timed(
+        lambda: session.get(f"{url}/v2/bench/base/tags/list?n=100").raise_for_status(), repeat=5
+    )
+
+    pids = target.pids()
+    results["server CPU"] = cpu_seconds(pids)
+    results["peak RSS (all processes)"], results["peak RSS (largest process)"] = peak_rss_mib(pids)
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def ratio(figure: Figure, berth: float, reference: float) -> float:
+    if figure.higher_is_better:
+        return berth / reference if reference else float("inf")
+    return reference / berth if berth else float("inf")
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    names = list(results)
+    lines = [
+        "| figure | " + " | ".join(names) + " | Berth / reference |",
+        "|---" * (len(names) + 2) + "|",
+    ]
+    for figure in FIGURES:
+        cells = [f"{results[n][figure.name]:,.1f} {figure.unit}" for n in names]
+        r = ratio(figure, results["berth"][figure.name], results["reference"][figure.name])
+        lines.append(f"| {figure.name} | " + " | ".join(cells) + f" | {r:.2f}x |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) // 1024  # type: ignore[union-attr]
+    system = f"{platform.platform()}, Python {platform.python_version()}"
+    return f"{os.cpu_count()} cores ({cpu}), {mem} MiB RAM, {system}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
+    parser.add_argument("--workers", type=int, default=None, help="berth serve --workers")
+    parser.add_argument("--database-url", default=None, help="Berth's database (default SQLite)")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+    for tool in ("skopeo", "wrk", "ab", "docker-registry"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is needed: apt-get install skopeo wrk apache2-utils docker-registry")
+
+    with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
+        workdir = Path(tmp)
+        print(f"machine: {machine()}", flush=True)
+        inputs = prepare(workdir, args.quick)
+        results: dict[str, dict[str, float]] = {}
+        starters = {
+            "reference": lambda d: start_reference(d),
+            "berth": lambda d: start_berth(d, args.workers, args.database_url),
+        }
+        for name, start in starters.items():
+            target_dir = workdir / name
+            target_dir.mkdir()
+            target = start(target_dir)
+            try:
+                print(f"{name}: running at {target.url}", flush=True)
+                results[name] = run_steps(target, inputs, workdir)
+            finally:
+                target.stop()
+        report = table(results)
+        print(report)
+        if args.markdown:
+            args.markdown.write_text(f"Machine: {machine()}\n\n{report}\n")
+
+
+if __name__ == "__main__":
+    main()

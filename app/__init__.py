@@ -11,7 +11,7 @@ from flask import Flask
 from app.config import load_settings
 from app.db import Database
 from app.registry.context import Registry
-from app.storage import StorageDriver, create_driver
+from app.storage import StorageDriver, create_driver, driver_params
 
 
 def create_app(
@@ -27,9 +27,20 @@ def create_app(
     app = Flask(__name__)
     app.config["BERTH_SETTINGS"] = settings
     if driver is None:
-        driver = create_driver(settings.storage_driver, {"root": settings.storage_root})
+        driver = create_driver(settings.storage_driver, driver_params(settings))
     app.extensions["berth"] = Registry(Database(settings.database_url), driver, settings)
     base.init_app(app)
     for module in (blobs, uploads, manifests, listings):
         app.register_blueprint(module.bp)
+    from app import metrics
+    from app.views import health
+
+    app.register_blueprint(health.bp)  # /healthz, /readyz
+    metrics.init_app(app)  # /metrics and the request hooks that feed it
+    from app.views import auth
+
+    auth.init_app(app)  # access control on /v2 and /api; nothing installed while auth = "none"
+    from app.views import admin
+
+    app.register_blueprint(admin.bp)  # /api/v1: repository delete
     return app

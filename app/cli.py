@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -55,3 +56,176 @@ def serve(bind: str, workers: int | None) -> None:
         "app.wsgi:app",
     ]  # fmt: skip
     os.execv(sys.executable, argv)
+
+
+@main.group()
+def user() -> None:
+    """Registry accounts (bcrypt hashes in the database) for auth = "basic" or "token"."""
+
+
+def _accounts() -> Any:
+    """A Registry context on the configured database, migrated first (no blobs involved)."""
+    from app.db import Database
+    from app.migrate import upgrade
+    from app.registry.context import Registry
+    from app.storage import create_driver
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    return Registry(Database(settings.database_url), create_driver("inmemory", {}), settings)
+
+
+def _new_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+_password_stdin = click.option(
+    "--password-stdin", is_flag=True, help="read the password from the first line of stdin"
+)
+_cost = click.option(
+    "--cost", type=click.IntRange(4, 16), default=12, show_default=True, help="bcrypt cost"
+)
+
+
+@user.command("add")
+@click.argument("name")
+@_password_stdin
+@_cost
+def user_add(name: str, password_stdin: bool, cost: int) -> None:
+    """Create the account NAME."""
+    from app.registry import users
+
+    try:
+        users.check_name(name)
+        users.add(_accounts(), name, _new_password(password_stdin), cost)
+    except users.UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"user {name} added")
+
+
+@user.command("passwd")
+@click.argument("name")
+@_password_stdin
+@_cost
+def user_passwd(name: str, password_stdin: bool, cost: int) -> None:
+    """Set a new password for NAME (servers may accept the old one for auth_cache_ttl)."""
+    from app.registry import users
+
+    try:
+        users.set_password(_accounts(), name, _new_password(password_stdin), cost)
+    except users.UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"password of {name} changed")
+
+
+@user.command("delete")
+@click.argument("name")
+def user_delete(name: str) -> None:
+    """Delete the account NAME (servers may accept it for auth_cache_ttl more seconds)."""
+    from app.registry import users
+
+    try:
+        users.remove(_accounts(), name)
+    except users.UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"user {name} deleted")
+
+
+@user.command("list")
+def user_list() -> None:
+    """List the accounts: the database's, then those only in the htpasswd file."""
+    from app.registry.users import Authenticator
+
+    for name, where in Authenticator(_accounts()).all_names():
+        click.echo(name if where == "database" else f"{name}\t({where})")
+
+
+def _add_notify() -> None:
+    from app.notify_cli import notify
+
+    main.add_command(notify)
+
+
+_add_notify()
+
+
+def _registry(settings: Settings) -> Any:
+    """A Registry context on the configured database and storage, for maintenance commands."""
+    from app.db import Database
+    from app.registry.context import Registry
+    from app.storage import create_driver, driver_params
+
+    driver = create_driver(settings.storage_driver, driver_params(settings))
+    return Registry(Database(settings.database_url), driver, settings)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="report what would be deleted; change nothing")
+@click.option(
+    "--delete-untagged",
+    is_flag=True,
+    help="also delete manifests no tag reaches (never the children of a tagged index)",
+)
+@click.option(
+    "--grace",
+    metavar="DURATION",
+    help="leave alone what is younger than this (30m, 24h, 7d; default: gc_grace, 24h)",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
+    help="rows deleted per transaction",
+)  # fmt: skip
+@click.option(
+    "--throttle", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+    help="pause after each deleting transaction, to spare a busy database",
+)  # fmt: skip
+def gc(
+    dry_run: bool, delete_untagged: bool, grace: str | None, batch_size: int, throttle: float
+) -> None:
+    """Delete unreferenced manifests and blobs while the registry keeps serving."""
+    from app.registry.gc import GcOptions, collect
+
+    try:
+        settings = load_settings(overrides={"gc_grace": grace} if grace is not None else None)
+    except ConfigError as exc:
+        raise click.ClickException(f"--grace: {exc}") from exc
+    options = GcOptions(dry_run, delete_untagged, settings.gc_grace, batch_size, throttle)
+    reg = _registry(settings)
+    try:
+        report = collect(reg, options, lambda line: click.echo(line, err=True))
+    finally:
+        reg.db.dispose()
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} {report.manifests} manifests, {report.links} blob links, {report.blobs} blobs"
+        f" and {report.orphans} orphaned blob files ({report.bytes_freed} bytes);"
+        f" {report.uploads} stale uploads"
+    )
+
+
+@main.group()
+def repo() -> None:
+    """Repositories as a whole."""
+
+
+@repo.command("delete")
+@click.argument("name")
+def repo_delete(name: str) -> None:
+    """Delete repository NAME: tags, manifests, links, uploads, and blobs only it used."""
+    from app.errors import RegistryError
+    from app.registry import repositories
+
+    reg = _registry(_settings())
+    try:
+        deleted = repositories.delete(reg, name)
+    except RegistryError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message} ({name})") from exc
+    finally:
+        reg.db.dispose()
+    click.echo(
+        f"repository {name} deleted: {deleted.tags} tags, {deleted.manifests} manifests,"
+        f" {deleted.blobs_unlinked} blob links, {deleted.uploads} uploads;"
+        f" {deleted.blobs_freed} blobs freed ({deleted.bytes_freed} bytes)"
+    )

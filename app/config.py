@@ -45,16 +45,62 @@ class Settings:
     upload_purge_interval: int = 3600
     max_manifest_size: int = 4 * 1024 * 1024
     log_level: str = "info"
+    # Access control (app/registry/access.py): "none" keeps the registry open, as before.
+    auth: str = "none"
+    auth_realm: str = "Berth Registry"
+    auth_htpasswd: str = ""
+    auth_anonymous_pull: bool = False
+    auth_rules: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    auth_groups: dict[str, Any] = dataclasses.field(default_factory=dict)
+    auth_admins: dict[str, Any] = dataclasses.field(default_factory=dict)
+    auth_token_realm: str = ""
+    auth_token_service: str = "berth"
+    auth_token_issuer: str = "berth"
+    auth_token_key: str = ""
+    auth_token_ttl: int = 300
+    auth_cache_ttl: int = 60
+    auth_max_failures: int = 10
+    auth_failure_window: int = 60
+    # Webhook endpoints (app/registry/endpoints.py), distribution's notifications.endpoints.
+    notifications: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # Deliver from a thread in each server worker; false leaves it to `berth notify`.
+    notifications_in_server: bool = True
+    # Delivered events are kept this long (for `berth notify status`), then purged.
+    notifications_retention: int = 7 * 86400
+    # Blob GETs answered with a header that makes the front end send the file itself
+    # (app/registry/offload.py): "none", "x-accel-redirect" (nginx) or "x-sendfile" (Apache).
+    blob_offload: str = "none"
+    # x-accel-redirect: the nginx `internal` location aliased to storage_root (default
+    # /_berth_blobs); x-sendfile: storage_root as the front end sees it (default: as Berth does).
+    blob_offload_prefix: str = ""
+    # `berth gc` leaves alone what was pushed, mounted or created this recently (its --grace).
+    gc_grace: int = 24 * 3600
+    # storage_driver = "s3": an S3-compatible object store (AWS S3, MinIO, Ceph RGW).
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""  # empty: AWS itself; e.g. http://minio.internal:9000
+    s3_region: str = ""  # empty: us-east-1
+    # Empty: boto3 finds credentials itself (AWS_* variables, ~/.aws, an instance role).
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_prefix: str = ""  # every key starts with this, so one bucket can hold several registries
+    # Answer blob GETs with a 307 to a presigned URL: the bytes skip Berth.
+    s3_redirect: bool = False
+    # Chunked uploads go up in parts of this size; at most one part per writer is in memory.
+    s3_part_size: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", self.database_url):
             raise ConfigError(
                 f"database_url: {self.database_url!r} is not a sqlite:// or postgresql:// URL"
             )
-        if self.storage_driver not in ("filesystem", "inmemory"):
+        if self.storage_driver not in ("filesystem", "inmemory", "s3"):
             raise ConfigError(
-                f"storage_driver: {self.storage_driver!r} is not one of filesystem, inmemory"
+                f"storage_driver: {self.storage_driver!r} is not one of filesystem, inmemory, s3"
             )
+        if self.storage_driver == "s3" and not self.s3_bucket:
+            raise ConfigError("s3_bucket: must be set for the s3 driver")
+        if self.s3_part_size < 5 * 1024 * 1024:
+            raise ConfigError("s3_part_size: S3 needs parts of at least 5 MiB")
         if self.storage_driver == "filesystem" and not self.storage_root:
             raise ConfigError("storage_root: must be set for the filesystem driver")
         for name in ("upload_max_age", "upload_purge_interval", "max_manifest_size"):
@@ -66,6 +112,20 @@ class Settings:
             )
         if self.max_manifest_size < 4 * 1024 * 1024:
             raise ConfigError("max_manifest_size: the spec requires at least 4 MiB")
+        from app.registry.access import check_settings  # the auth_* settings' own grammar
+
+        check_settings(self)
+        from app.registry.endpoints import parse_endpoints
+
+        try:
+            parse_endpoints(self.notifications)
+        except ValueError as exc:
+            raise ConfigError(f"notifications: {exc}") from exc
+        if self.notifications_retention <= 0:
+            raise ConfigError("notifications_retention: must be positive")
+        from app.registry.offload import check_settings as check_offload
+
+        check_offload(self)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

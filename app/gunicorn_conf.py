@@ -44,3 +44,28 @@ def post_worker_init(worker: Any) -> None:
                 worker.log.exception("purging stale uploads failed")
 
     threading.Thread(target=loop, name="berth-upload-purge", daemon=True).start()
+    # Webhook delivery threads (app/registry/notify.py), unless left to `berth notify`.
+    from app.registry import notify
+
+    notify.start_in_server(registry)
+
+
+# Prometheus multiprocess mode (app/metrics.py): the master prepares the shared directory
+# before any worker imports prometheus_client, and drops a dead worker's live values.
+def on_starting(server: Any) -> None:
+    from app import metrics
+
+    path = metrics.prepare_multiprocess_dir()
+    server.log.info("metrics: %s=%s", metrics.ENV, path)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from app import metrics
+
+    metrics.mark_worker_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    from app import metrics
+
+    metrics.remove_multiprocess_dir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from app.db.models import Base
 from app.db.session import engine_url
 from app.migrate import upgrade
 from tests.helpers import RegistryClient
+from tests.s3server import S3Server, running_s3_server
 
 STRICT = os.environ.get("BERTH_TEST_STRICT") == "1"
 PG_ADMIN_URL = os.environ.get(
@@ -98,3 +100,12 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def registry(client: FlaskClient) -> RegistryClient:
     return RegistryClient(client)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One local S3-compatible server (moto, its own process) for the whole run."""
+    if importlib.util.find_spec("moto") is None:
+        skip_or_fail("moto is not installed: pip install -e '.[test]' (moto[server])")
+    with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server

@@ -284,7 +284,7 @@ def test_database_url_accepted(url: str) -> None:
     assert load_settings({"BERTH_DATABASE_URL": url}).database_url == url
 
 
-@pytest.mark.parametrize("name", ["s3", "FILESYSTEM", "", "azure"])
+@pytest.mark.parametrize("name", ["gcs", "S3", "FILESYSTEM", "", "azure"])
 def test_unknown_storage_driver(name: str) -> None:
     with pytest.raises(ConfigError, match="storage_driver"):
         load_settings({"BERTH_STORAGE_DRIVER": name})

@@ -133,3 +133,73 @@ class Upload(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     started_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+
+
+class NotificationEvent(Base):
+    """Webhook outbox: one registry event, written in the same transaction as the change it
+    describes, so a committed change always has its event and a rolled-back one never does."""
+
+    __tablename__ = "notification_event"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # The distribution-format event as JSON, exactly as it will be sent.
+    payload: Mapped[str] = mapped_column(Text)
+
+
+class NotificationDelivery(Base):
+    """One event for one endpoint: each endpoint has its own state, so one endpoint's outage
+    never holds back another's events."""
+
+    __tablename__ = "notification_delivery"
+    __table_args__ = (
+        Index("ix_notification_delivery_endpoint_status", "endpoint", "status", "event_id"),
+    )
+
+    event_id: Mapped[int] = mapped_column(
+        ForeignKey("notification_event.id", ondelete="CASCADE"), primary_key=True
+    )
+    endpoint: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # "pending" until a POST holding it got a 2xx/3xx, then "sent".
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # POSTs holding this event that failed (network error, timeout, 4xx/5xx).
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class NotificationEndpoint(Base):
+    """Delivery state of one endpoint, shared by every delivery worker of every instance: the
+    lease makes one worker at a time send its events (in order), the failure count drives the
+    threshold/backoff circuit breaker."""
+
+    __tablename__ = "notification_endpoint"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive failed POSTs
+    next_attempt_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuthUser(Base):
+    """A registry account (`berth user add`): name and bcrypt hash, nothing else."""
+
+    __tablename__ = "auth_user"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+
+
+class AuthSigningKey(Base):
+    """The token signing key generated on first start, shared by every worker and instance."""
+
+    __tablename__ = "auth_signing_key"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(16))
+    private_key: Mapped[str] = mapped_column(Text)  # PEM, PKCS#8
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

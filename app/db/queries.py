@@ -8,7 +8,8 @@ from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db.models import Base, Blob, Manifest, Repository, RepositoryBlob, Tag
+from app.db import locks
+from app.db.models import Base, Blob, Manifest, Repository, RepositoryBlob, Tag, utcnow
 
 
 def insert_ignore(
@@ -37,10 +38,17 @@ def repository_id(session: Session, name: str) -> int | None:
 
 
 def ensure_repository(session: Session, name: str) -> int:
-    repo_id = repository_id(session, name)
+    # FOR KEY SHARE (PostgreSQL): a push waits for a repository delete in progress
+    # (app/registry/repositories.py), then starts a new repository instead of failing.
+    locked = (
+        select(Repository.id)
+        .where(Repository.name == name)
+        .with_for_update(read=True, key_share=True)
+    )
+    repo_id = session.scalar(locked)
     if repo_id is None:
         insert_ignore(session, Repository, {"name": name}, ["name"])
-        repo_id = repository_id(session, name)
+        repo_id = session.scalar(locked)
     assert repo_id is not None
     return repo_id
 
@@ -59,13 +67,17 @@ def blob_by_digest(session: Session, digest: str) -> Blob | None:
 
 
 def link_blob(session: Session, repo_id: int, digest: str, size: int) -> None:
+    # Garbage collection cannot delete this blob until the transaction ends (app/db/locks.py).
+    locks.share(session, [digest])
     insert_ignore(session, Blob, {"digest": digest, "size": size}, ["digest"])
     blob_id = session.scalar(select(Blob.id).where(Blob.digest == digest))
-    insert_ignore(
+    # A link pushed again is new again: gc's grace period counts from the latest push.
+    upsert(
         session,
         RepositoryBlob,
-        {"repository_id": repo_id, "blob_id": blob_id},
+        {"repository_id": repo_id, "blob_id": blob_id, "created_at": utcnow()},
         ["repository_id", "blob_id"],
+        ["created_at"],
     )
 
 

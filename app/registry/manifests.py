@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from app.db import queries
+from app.db import locks, queries
 from app.db.models import Manifest, ManifestReference, Tag, utcnow
 from app.errors import (
     DigestInvalid,
@@ -19,6 +19,7 @@ from app.errors import (
     RegistryError,
     Unsupported,
 )
+from app.registry import events
 from app.registry.context import Registry
 from app.registry.references import Digest, check_tag, is_digest
 
@@ -127,7 +128,12 @@ class StoredManifest:
 
 
 def put(
-    reg: Registry, repo: str, reference: str, body: bytes, content_type: str | None
+    reg: Registry,
+    repo: str,
+    reference: str,
+    body: bytes,
+    content_type: str | None,
+    origin: events.RequestInfo | None = None,
 ) -> StoredManifest:
     if is_digest(reference):
         wanted = Digest.parse(reference)
@@ -143,6 +149,8 @@ def put(
     parsed = parse(body, content_type)
     with reg.db.transaction(write=True) as session:
         repo_id = queries.ensure_repository(session, repo)
+        # gc waits for this transaction before deleting any of these (app/db/locks.py).
+        locks.share(session, [str(digest), *parsed.blobs, *parsed.manifests])
         missing = queries.missing_blobs(session, repo_id, parsed.blobs)
         missing += queries.missing_manifests(session, repo_id, parsed.manifests)
         if missing:
@@ -186,6 +194,10 @@ def put(
                 ["repository_id", "name"],
                 ["manifest_id", "updated_at"],
             )
+        pushed = events.manifest_event(
+            "push", repo, str(digest), parsed.media_type, body, tag, origin
+        )
+        events.record(session, reg, [pushed])
     return StoredManifest(str(digest), parsed.media_type, body, parsed.subject)
 
 
@@ -206,7 +218,9 @@ def get(reg: Registry, repo: str, reference: str) -> StoredManifest:
         return StoredManifest(row.digest, row.media_type, row.payload, row.subject_digest)
 
 
-def delete_reference(reg: Registry, repo: str, reference: str) -> None:
+def delete_reference(
+    reg: Registry, repo: str, reference: str, origin: events.RequestInfo | None = None
+) -> None:
     """By digest: the manifest and every tag on it go. By tag: only the tag goes."""
     if not reg.settings.delete_enabled:
         raise Unsupported(message="deletion is disabled")
@@ -223,6 +237,7 @@ def delete_reference(reg: Registry, repo: str, reference: str) -> None:
             )
             if manifest_id is None:
                 raise ManifestUnknown({"name": repo, "reference": reference})
+            events.record_manifest_deleted(session, reg, repo, manifest_id, origin)
             session.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
             session.execute(
                 delete(ManifestReference).where(ManifestReference.manifest_id == manifest_id)
@@ -234,3 +249,4 @@ def delete_reference(reg: Registry, repo: str, reference: str) -> None:
             )
             if not result.rowcount:  # type: ignore[attr-defined]
                 raise ManifestUnknown({"name": repo, "reference": reference})
+            events.record(session, reg, [events.tag_deleted(repo, reference, origin)])

@@ -27,7 +27,7 @@ from app.errors import (
     RangeInvalid,
     SizeInvalid,
 )
-from app.registry import paths
+from app.registry import events, paths
 from app.registry.context import Registry
 from app.registry.references import Digest
 from app.storage import PathNotFound
@@ -204,6 +204,7 @@ def complete(
     body: BinaryIO | None = None,
     content_range: tuple[int, int] | None = None,
     content_length: int | None = None,
+    origin: events.RequestInfo | None = None,
 ) -> UploadState:
     """Take the last chunk, verify the digest over every byte, then make the blob visible."""
     if body is not None:
@@ -215,12 +216,15 @@ def complete(
         cancel(reg, repo, upload_id)
         raise DigestInvalid({"digest": str(digest)})
     target = paths.blob_data(digest)
-    if not reg.driver.exists(target):
-        reg.driver.move(paths.upload_data(upload_id), target)
     with reg.db.transaction(write=True) as session:
         repo_id = queries.ensure_repository(session, repo)
         queries.link_blob(session, repo_id, str(digest), state.size)
+        # Under link_blob's digest lock: gc cannot delete these bytes before we commit.
+        if not reg.driver.exists(target):
+            reg.driver.move(paths.upload_data(upload_id), target)
         session.execute(delete(Upload).where(Upload.id == upload_id))
+        push = events.blob_event("push", repo, str(digest), state.size, origin)
+        events.record(session, reg, [push])
     _remove_bytes(reg, upload_id)
     return state
 
@@ -260,7 +264,10 @@ def purge_stale(reg: Registry, max_age: int | None = None) -> int:
             if reg.driver.stat(paths.upload_data(upload_id)).mtime > cutoff.timestamp():
                 continue  # a session being created right now: its row may not be visible yet
         except PathNotFound:
-            pass
+            # No data file yet: start() may be writing it; the directory's age tells.
+            with contextlib.suppress(PathNotFound):
+                if reg.driver.stat(paths.upload_dir(upload_id)).mtime > cutoff.timestamp():
+                    continue
         _remove_bytes(reg, upload_id)
         orphans += 1
     return len(stale) + orphans

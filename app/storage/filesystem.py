@@ -18,6 +18,12 @@ from app.storage.base import (
     check_path,
 )
 
+# open()'s mode for new files under the process umask (read once: os.umask can only be
+# read by setting it, which is not safe once threads run).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 class _FileWriter(FileWriter):
     def __init__(self, target: Path, append: bool) -> None:
@@ -48,6 +54,14 @@ class _FileWriter(FileWriter):
         self._file.close()
 
 
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class FilesystemDriver(StorageDriver):
     name = "filesystem"
 
@@ -70,6 +84,9 @@ class FilesystemDriver(StorageDriver):
         # A unique temporary name per call: threads of one worker may write the same path.
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         try:
+            # mkstemp makes 0600 files; give the mode open() would, so a front end that sends
+            # blob files itself (X-Accel-Redirect, X-Sendfile) as another user can read them.
+            os.fchmod(fd, _FILE_MODE)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
@@ -116,14 +133,24 @@ class FilesystemDriver(StorageDriver):
         source, target = self.full_path(src), self.full_path(dst)
         if not source.is_file():
             raise PathNotFound(src)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self._make_parents(target)
         os.replace(source, target)
         # The rename is durable only once the directory entry is on disk.
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(target.parent)
+
+    def _make_parents(self, target: Path) -> None:
+        """Create target's missing parent directories, each one's entry durable in its own
+        parent: after a crash a renamed-in blob must not vanish with a directory that was
+        never written down."""
+        missing = []
+        parent = target.parent
+        while not parent.is_dir() and parent != self.root:
+            missing.append(parent)
+            parent = parent.parent
+        for directory in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # another thread made it meanwhile
+                directory.mkdir()
+            _fsync_dir(directory.parent)
 
     def delete(self, path: str) -> None:
         target = self.full_path(path)

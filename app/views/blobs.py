@@ -8,10 +8,12 @@ from typing import BinaryIO
 from flask import Blueprint, request
 from werkzeug.wsgi import wrap_file
 
-from app.registry import blobs
+from app.registry import blobs, events
 from app.registry.references import Digest
 from app.views.base import Response, registry
 from app.views.http import byte_range
+from app.views.offload import offloaded
+from app.views.origin import request_info
 
 bp = Blueprint("blobs", __name__)
 
@@ -46,6 +48,13 @@ def get_blob(name: str, digest: str) -> Response:
         headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
     if request.method == "HEAD":
         return Response(status=status, headers=headers, content_type="application/octet-stream")
+    if start == 0:  # a download resumed further on is not another pull
+        events.publish(reg, events.blob_event("pull", name, info.digest, info.size, request_info()))
+    offload = offloaded(reg, parsed, headers)
+    if offload is not None:
+        return offload
+    if (url := blobs.redirect_url(reg, parsed)) is not None:  # the object store sends the bytes
+        return Response(status=307, headers={"Location": url, "Content-Length": "0"})
     stream = blobs.open_blob(reg, parsed, start)
     # A whole blob goes out through wsgi.file_wrapper, so gunicorn can sendfile it.
     body = wrap_file(request.environ, stream) if span is None else _limited(stream, length)
@@ -60,5 +69,5 @@ def get_blob(name: str, digest: str) -> Response:
 
 @bp.delete("/v2/<repo:name>/blobs/<digest>")
 def delete_blob(name: str, digest: str) -> Response:
-    blobs.delete(registry(), name, Digest.parse(digest))
+    blobs.delete(registry(), name, Digest.parse(digest), request_info())
     return Response(status=202, headers={"Content-Length": "0"})

@@ -5,9 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, request
 
 from app.errors import PayloadTooLarge
-from app.registry import manifests
+from app.registry import events, manifests
+from app.registry.references import is_digest
 from app.views.base import Response, registry
 from app.views.http import content_length
+from app.views.origin import request_info
 
 bp = Blueprint("manifests", __name__)
 
@@ -25,6 +27,12 @@ def get_manifest(name: str, reference: str) -> Response:
     if etag in if_none_match or stored.digest in if_none_match.split(","):
         del headers["Content-Length"]
         return Response(status=304, headers=headers)
+    if request.method == "GET":
+        tag = None if is_digest(reference) else reference
+        pulled = events.manifest_event(
+            "pull", name, stored.digest, stored.media_type, stored.payload, tag, request_info()
+        )
+        events.publish(registry(), pulled)
     # Werkzeug sends no body for HEAD but keeps the Content-Length of the real payload.
     return Response(stored.payload, headers=headers, content_type=stored.media_type)
 
@@ -39,7 +47,8 @@ def put_manifest(name: str, reference: str) -> Response:
     body = request.stream.read(limit + 1)
     if len(body) > limit:
         raise PayloadTooLarge({"limit": limit}, message="manifest too large")
-    stored = manifests.put(reg, name, reference, body, request.headers.get("Content-Type"))
+    content_type = request.headers.get("Content-Type")
+    stored = manifests.put(reg, name, reference, body, content_type, request_info())
     headers = {
         "Location": f"/v2/{name}/manifests/{stored.digest}",
         "Docker-Content-Digest": stored.digest,
@@ -52,5 +61,5 @@ def put_manifest(name: str, reference: str) -> Response:
 
 @bp.delete("/v2/<repo:name>/manifests/<reference>")
 def delete_manifest(name: str, reference: str) -> Response:
-    manifests.delete_reference(registry(), name, reference)
+    manifests.delete_reference(registry(), name, reference, request_info())
     return Response(status=202, headers={"Content-Length": "0"})

@@ -10,8 +10,10 @@ from flask import Blueprint, request
 from app.errors import BlobUploadInvalid, RangeInvalid
 from app.registry import blobs, uploads
 from app.registry.references import Digest
+from app.views.auth import may_pull
 from app.views.base import Response, registry
 from app.views.http import content_length, content_range, has_body
+from app.views.origin import request_info
 
 bp = Blueprint("uploads", __name__)
 
@@ -54,15 +56,18 @@ def _created(name: str, digest: str) -> Response:
 def start_upload(name: str) -> Response:
     reg = registry()
     mount, source = request.args.get("mount"), request.args.get("from")
+    if source and not may_pull(source):
+        source = None  # mount only from where the caller may pull; else an ordinary upload
     if mount and source:
         digest = Digest.parse(mount)
-        if blobs.mount(reg, name, digest, source):
+        if blobs.mount(reg, name, digest, source, request_info()):
             return _created(name, str(digest))
     state = uploads.start(reg, name)
     if "digest" in request.args:
         # Monolithic upload: the whole blob is this request's body.
         digest = Digest.parse(request.args["digest"])
-        uploads.complete(reg, name, state.id, digest, request.stream, None, content_length(request))
+        length = content_length(request)
+        uploads.complete(reg, name, state.id, digest, request.stream, None, length, request_info())
         return _created(name, str(digest))
     return _progress(name, state, 202)
 
@@ -93,7 +98,8 @@ def complete_upload(name: str, upload_id: str) -> Response:
     body = request.stream if has_body(request) else None
     with _resumable(name, upload_id):
         span = content_range(request)
-        uploads.complete(reg, name, upload_id, digest, body, span, content_length(request))
+        length = content_length(request)
+        uploads.complete(reg, name, upload_id, digest, body, span, length, request_info())
     return _created(name, str(digest))
 
 

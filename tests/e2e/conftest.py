@@ -98,7 +98,7 @@ def _free_port() -> int:
 
 
 def _wait_ready(server: BerthServer, timeout: float) -> str | None:
-    """None once GET /v2/ gives 200; otherwise why not (process exited, or timed out)."""
+    """None once GET /v2/ gives 200 (or 401); otherwise why not (exited, or timed out)."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
@@ -107,7 +107,7 @@ def _wait_ready(server: BerthServer, timeout: float) -> str | None:
             return f"berth serve exited with status {code}"
         try:
             response = requests.get(f"{server.url}/v2/", timeout=2)
-            if response.status_code == 200:
+            if response.status_code in (200, 401):  # 401: auth is on, and it answers
                 return None
             last = f"GET /v2/ answered {response.status_code}"
         except requests.RequestException as exc:

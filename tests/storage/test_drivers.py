@@ -6,33 +6,68 @@ behaviour the registry relies on cannot silently differ between them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import secrets
 import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
+from app.config import ConfigError, load_settings
 from app.storage import (
     FileWriter,
     InvalidOffset,
     InvalidPath,
     PathNotFound,
     StorageDriver,
+    StorageError,
     create_driver,
+    driver_params,
 )
+from app.storage import s3 as s3_module
 from app.storage.filesystem import FilesystemDriver
+from app.storage.s3 import S3Driver
+from tests.s3server import S3Server
 
-DRIVERS = ["filesystem", "inmemory"]
+DRIVERS = ["filesystem", "inmemory", "s3"]
 MiB = 1024 * 1024
 CHUNK = 64 * 1024
+S3_PART = 5 * MiB  # the smallest part S3 allows: large-object tests span several parts
+
+
+@pytest.fixture(scope="module")
+def s3_bucket(s3_server: S3Server) -> str:
+    """One bucket for this module; each test works under a key prefix of its own. A key
+    outside every prefix proves that a driver never sees past its prefix."""
+    bucket = s3_server.new_bucket()
+    s3_server.client().put_object(Bucket=bucket, Key="outside-the-prefix", Body=b"x")
+    return bucket
+
+
+@pytest.fixture
+def s3_params(request: pytest.FixtureRequest, s3_server: S3Server, s3_bucket: str) -> dict:
+    prefix = f"t-{secrets.token_hex(6)}"
+    yield s3_server.driver_params(s3_bucket, prefix=prefix, part_size=str(S3_PART))
+    client = s3_server.client()
+    keys = s3_server.keys(s3_bucket, prefix + "/")
+    for start in range(0, len(keys), 1000):
+        objects = [{"Key": key} for key in keys[start : start + 1000]]
+        client.delete_objects(Bucket=s3_bucket, Delete={"Objects": objects})
 
 
 @pytest.fixture(params=DRIVERS)
 def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
-    params = {"root": str(tmp_path / "root")} if request.param == "filesystem" else {}
+    params: dict[str, str] = {}
+    if request.param == "filesystem":
+        params = {"root": str(tmp_path / "root")}
+    elif request.param == "s3":
+        params = request.getfixturevalue("s3_params")
     built = create_driver(request.param, params)
     assert built.name == request.param
     return built
@@ -537,6 +572,204 @@ def test_concurrent_put_content_same_path_is_never_mixed(driver: StorageDriver) 
         assert driver.list("tags") == ["tags/latest"]
 
 
+# --------------------------------------------------------------------------- large objects
+# Sizes chosen around S3's 5 MiB part minimum (the s3 fixture uses 5 MiB parts), so the s3
+# driver goes through multipart uploads, part copies and their boundaries; for the other
+# drivers they are simply large files.
+
+
+def _pattern(size: int, seed: int) -> bytes:
+    """Bytes where every offset differs from its neighbours: a misplaced range shows."""
+    block = b"".join(hashlib.sha256(f"{seed}:{i}".encode()).digest() for i in range(2048))
+    return (block * (size // len(block) + 1))[:size]
+
+
+def _write_in_pieces(driver: StorageDriver, path: str, data: bytes, append: bool) -> None:
+    with driver.writer(path, append=append) as writer:
+        start = writer.size
+        # Irregular piece sizes: parts never line up with writes.
+        sizes = [1, 999_983, 64 * 1024, 3 * MiB + 7]
+        offset, index = 0, 0
+        while offset < len(data):
+            piece = data[offset : offset + sizes[index % len(sizes)]]
+            assert writer.write(piece) == len(piece)
+            offset += len(piece)
+            index += 1
+            assert writer.size == start + offset
+        writer.commit()
+
+
+def test_large_object_in_several_parts_round_trips(driver: StorageDriver) -> None:
+    data = _pattern(12 * MiB + 12_345, seed=1)
+    _write_in_pieces(driver, "blobs/big/data", data, append=False)
+    assert driver.stat("blobs/big/data").size == len(data)
+    got = hashlib.sha256()
+    with driver.reader("blobs/big/data") as stream:
+        while piece := stream.read(100_003):
+            got.update(piece)
+    assert got.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [0, 1, 5 * MiB - 1, 5 * MiB, 5 * MiB + 1, 10 * MiB, 12 * MiB - 1, 12 * MiB],
+)
+def test_large_object_reads_at_offsets(driver: StorageDriver, offset: int) -> None:
+    data = _pattern(12 * MiB, seed=2)
+    with driver.writer("blobs/offsets/data") as writer:
+        _write_chunks(writer, data, chunk=MiB)
+        writer.commit()
+    with driver.reader("blobs/offsets/data", offset) as stream:
+        assert stream.read(1000) == data[offset : offset + 1000]
+        # The rest follows on from where the first read stopped.
+        assert stream.read() == data[offset + 1000 :]
+
+
+def test_reader_stops_early_without_reading_the_rest(driver: StorageDriver) -> None:
+    data = _pattern(12 * MiB, seed=3)
+    driver.put_content("blobs/early/data", data)
+    for offset in (0, 7 * MiB):
+        with driver.reader("blobs/early/data", offset) as stream:
+            assert stream.read(10) == data[offset : offset + 10]
+    # A closed reader leaves the driver usable (its connection was released or dropped).
+    assert driver.get_content("blobs/early/data") == data
+
+
+@pytest.mark.parametrize(
+    "chunks_mib",
+    [
+        [3, 3, 4],  # a small prefix re-uploaded, then a 6 MiB one copied server-side
+        [6, 1, 0.001, 5],  # parts copied, a tiny append, then one that ends on a part
+        [0.5, 0.5, 0.5, 12],  # many small chunks, then several parts at once
+    ],
+    ids=["small-then-copied", "copied-prefixes", "tiny-then-huge"],
+)
+def test_chunked_appends_across_part_boundaries(
+    driver: StorageDriver, chunks_mib: list[float]
+) -> None:
+    """What a chunked blob upload does: one append writer per PATCH."""
+    path = "uploads/chunked/data"
+    driver.put_content(path, b"")
+    expected = b""
+    for index, mib in enumerate(chunks_mib):
+        chunk = _pattern(int(mib * MiB), seed=10 + index)
+        _write_in_pieces(driver, path, chunk, append=True)
+        expected += chunk
+        assert driver.stat(path).size == len(expected)
+    with driver.reader(path) as stream:
+        assert hashlib.sha256(stream.read()).digest() == hashlib.sha256(expected).digest()
+    with driver.reader(path, len(expected) - 5 * MiB - 3) as stream:
+        assert stream.read() == expected[-5 * MiB - 3 :]
+
+
+@pytest.mark.parametrize("prefix_mib", [1, 6])
+def test_cancelled_large_append_keeps_previous_content(
+    driver: StorageDriver, prefix_mib: int
+) -> None:
+    prefix = _pattern(prefix_mib * MiB, seed=4)
+    driver.put_content("uploads/u1/data", prefix)
+    writer = driver.writer("uploads/u1/data", append=True)
+    _write_chunks(writer, _pattern(11 * MiB, seed=5), chunk=MiB)  # several parts went up
+    assert writer.size == len(prefix) + 11 * MiB
+    writer.cancel()
+    assert writer.size == len(prefix)
+    writer.close()
+    assert driver.stat("uploads/u1/data").size == len(prefix)
+    assert driver.get_content("uploads/u1/data") == prefix
+
+
+def test_writer_closed_without_commit_on_new_path_leaves_nothing_readable(
+    driver: StorageDriver,
+) -> None:
+    writer = driver.writer("uploads/u3/data")
+    _write_chunks(writer, _pattern(7 * MiB, seed=6), chunk=MiB)
+    writer.cancel()
+    writer.close()
+    assert not driver.exists("uploads/u3/data") or driver.get_content("uploads/u3/data") == b""
+
+
+@pytest.mark.parametrize("size_mib", [0.25, 6, 12])
+def test_truncate_large_object_then_append(driver: StorageDriver, size_mib: float) -> None:
+    data = _pattern(14 * MiB, seed=7)
+    driver.put_content("uploads/u1/data", data)
+    cut = int(size_mib * MiB)
+    driver.truncate("uploads/u1/data", cut)
+    assert driver.stat("uploads/u1/data").size == cut
+    tail = _pattern(2 * MiB, seed=8)
+    _write_in_pieces(driver, "uploads/u1/data", tail, append=True)
+    assert driver.get_content("uploads/u1/data") == data[:cut] + tail
+
+
+def test_truncate_beyond_end_is_invalid_offset(driver: StorageDriver) -> None:
+    driver.put_content("uploads/u1/data", b"0123")
+    with pytest.raises(InvalidOffset):
+        driver.truncate("uploads/u1/data", 5)
+    with pytest.raises(InvalidOffset):
+        driver.truncate("uploads/u1/data", -1)
+    assert driver.get_content("uploads/u1/data") == b"0123"
+
+
+def test_move_large_object(driver: StorageDriver) -> None:
+    data = _pattern(12 * MiB, seed=9)
+    _write_in_pieces(driver, "uploads/u1/data", data, append=False)
+    driver.move("uploads/u1/data", "blobs/sha256/cd/cdef/data")
+    assert not driver.exists("uploads/u1/data")
+    assert driver.stat("blobs/sha256/cd/cdef/data").size == len(data)
+    with driver.reader("blobs/sha256/cd/cdef/data", 6 * MiB) as stream:
+        assert stream.read() == data[6 * MiB :]
+
+
+def test_move_onto_itself_keeps_content(driver: StorageDriver) -> None:
+    driver.put_content("blobs/same", b"same")
+    driver.move("blobs/same", "blobs/same")
+    assert driver.get_content("blobs/same") == b"same"
+
+
+def test_concurrent_large_writers_on_separate_paths(driver: StorageDriver) -> None:
+    payloads = {f"uploads/big{i}/data": _pattern(11 * MiB + i, seed=20 + i) for i in range(3)}
+
+    def upload(path: str, data: bytes) -> Callable[[], None]:
+        return lambda: _write_in_pieces(driver, path, data, append=False)
+
+    assert _run_threads([upload(p, d) for p, d in payloads.items()]) == []
+    for path, data in payloads.items():
+        assert driver.stat(path).size == len(data)
+        with driver.reader(path, len(data) - MiB) as stream:
+            assert stream.read() == data[-MiB:], path
+
+
+def test_concurrent_chunked_uploads_interleave(driver: StorageDriver) -> None:
+    """Several uploads append chunk after chunk at the same time, as parallel layer pushes do."""
+    chunks = {i: [_pattern(3 * MiB, seed=30 + i * 3 + n) for n in range(3)] for i in range(3)}
+
+    def upload(index: int) -> Callable[[], None]:
+        def run() -> None:
+            for chunk in chunks[index]:
+                _write_in_pieces(driver, f"uploads/c{index}/data", chunk, append=True)
+
+        return run
+
+    assert _run_threads([upload(i) for i in chunks]) == []
+    for index, parts in chunks.items():
+        assert driver.get_content(f"uploads/c{index}/data") == b"".join(parts)
+
+
+def test_reading_a_large_object_holds_little_memory(driver: StorageDriver) -> None:
+    data_size = 12 * MiB
+    driver.put_content("blobs/mem/data", _pattern(data_size, seed=40))
+    tracemalloc.start()
+    try:
+        total = 0
+        with driver.reader("blobs/mem/data", MiB) as stream:
+            while piece := stream.read(CHUNK):
+                total += len(piece)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == data_size - MiB
+    assert peak < 2 * MiB, f"reading held {peak} bytes at once"
+
+
 # --------------------------------------------------------------------------- filesystem
 
 
@@ -629,6 +862,32 @@ def test_filesystem_move_fsyncs_destination_directory(
     assert not (fs_driver.root / "src").exists()
 
 
+def test_filesystem_move_makes_new_directories_durable(
+    fs_driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # blobs/sha256/ab/<hex>/ are usually new: each new directory's entry must reach the disk
+    # (its parent fsynced), or a crash can lose a blob whose row is already committed.
+    fs_driver.put_content("uploads/u1/data", b"blob")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    fs_driver.move("uploads/u1/data", "blobs/sha256/ab/abcd/data")
+    root = fs_driver.root
+    expected = [root, root / "blobs", root / "blobs/sha256", root / "blobs/sha256/ab"]
+    for directory in [*expected, root / "blobs/sha256/ab/abcd"]:
+        assert str(directory) in synced, f"{directory} not fsynced: {synced}"
+    # Moving next to an existing blob creates nothing and fsyncs only the target directory.
+    fs_driver.put_content("uploads/u2/data", b"blob2")
+    synced.clear()
+    fs_driver.move("uploads/u2/data", "blobs/sha256/ab/abcd/data2")
+    assert synced == [str(root / "blobs/sha256/ab/abcd")]
+
+
 def test_filesystem_root_is_created(tmp_path: Path) -> None:
     root = tmp_path / "not" / "yet" / "there"
     fs = create_driver("filesystem", {"root": str(root)})
@@ -638,8 +897,8 @@ def test_filesystem_root_is_created(tmp_path: Path) -> None:
 
 
 def test_create_driver_unknown_name() -> None:
-    with pytest.raises(ValueError, match="s3"):
-        create_driver("s3", {})
+    with pytest.raises(ValueError, match="ftp"):
+        create_driver("ftp", {})
 
 
 @pytest.fixture(autouse=True)
@@ -647,3 +906,217 @@ def _no_thread_leak() -> Iterator[None]:
     before = threading.active_count()
     yield
     assert threading.active_count() == before
+
+
+# --------------------------------------------------------------------------- s3
+# What the contract cannot see: which S3 calls carry the bytes, and how much of them is in
+# memory at once. The calls are observed on the driver's own boto3 client.
+
+
+@pytest.fixture
+def s3_driver(s3_params: dict[str, str]) -> S3Driver:
+    built = create_driver("s3", s3_params)
+    assert isinstance(built, S3Driver)
+    return built
+
+
+@contextlib.contextmanager
+def _s3_calls(driver: S3Driver) -> Iterator[list[str]]:
+    calls: list[str] = []
+
+    def record(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    driver.client.meta.events.register("before-call.s3", record)
+    try:
+        yield calls
+    finally:
+        driver.client.meta.events.unregister("before-call.s3", record)
+
+
+@contextlib.contextmanager
+def _peak_memory() -> Iterator[list[int]]:
+    peak: list[int] = []
+    tracemalloc.start()
+    try:
+        yield peak
+        peak.append(tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+
+
+def test_s3_writer_buffers_at_most_one_part(s3_driver: S3Driver) -> None:
+    data = _pattern(23 * MiB, seed=50)
+    with (
+        _s3_calls(s3_driver) as calls,
+        _peak_memory() as peak,
+        s3_driver.writer("blobs/parts/data") as writer,
+    ):
+        _write_chunks(writer, data)
+        writer.commit()
+    assert calls.count("UploadPart") == 5  # 4 full 5 MiB parts and a 3 MiB last one
+    assert calls.count("CompleteMultipartUpload") == 1
+    assert "PutObject" not in calls
+    assert peak[0] < 2 * S3_PART + MiB, f"writing held {peak[0]} bytes at once"
+    assert s3_driver.get_content("blobs/parts/data") == data
+
+
+def test_s3_append_to_large_object_copies_it_server_side(s3_driver: S3Driver) -> None:
+    prefix = _pattern(12 * MiB, seed=51)
+    s3_driver.put_content("uploads/u1/data", prefix)
+    with (
+        _s3_calls(s3_driver) as calls,
+        _peak_memory() as peak,
+        s3_driver.writer("uploads/u1/data", append=True) as writer,
+    ):
+        writer.write(b"tail")
+        writer.commit()
+    # The 12 MiB already stored never travel through Berth.
+    assert "UploadPartCopy" in calls
+    assert "GetObject" not in calls
+    assert peak[0] < MiB
+    with s3_driver.reader("uploads/u1/data", 12 * MiB - 2) as stream:
+        assert stream.read() == prefix[-2:] + b"tail"
+
+
+def test_s3_append_to_small_object_uploads_it_again(s3_driver: S3Driver) -> None:
+    # Below 5 MiB a part copy is not allowed; the prefix is small enough to read back.
+    s3_driver.put_content("uploads/u1/data", b"head-")
+    with _s3_calls(s3_driver) as calls, s3_driver.writer("uploads/u1/data", True) as writer:
+        writer.write(b"tail")
+        writer.commit()
+    assert calls == ["HeadObject", "GetObject", "PutObject"]
+    assert s3_driver.get_content("uploads/u1/data") == b"head-tail"
+
+
+def test_s3_empty_append_changes_nothing(s3_driver: S3Driver) -> None:
+    s3_driver.put_content("uploads/u1/data", b"kept")
+    with _s3_calls(s3_driver) as calls, s3_driver.writer("uploads/u1/data", True) as writer:
+        writer.commit()
+    assert calls == ["HeadObject"]
+    assert s3_driver.get_content("uploads/u1/data") == b"kept"
+
+
+def test_s3_no_multipart_upload_is_left_open(
+    s3_driver: S3Driver, s3_server: S3Server, s3_bucket: str
+) -> None:
+    big = _pattern(11 * MiB, seed=52)
+    writer = s3_driver.writer("uploads/cancelled/data")
+    _write_chunks(writer, big, chunk=MiB)
+    writer.cancel()
+    writer.close()
+    writer = s3_driver.writer("uploads/abandoned/data")
+    _write_chunks(writer, big, chunk=MiB)
+    writer.close()  # never committed
+    with s3_driver.writer("uploads/done/data") as writer:
+        _write_chunks(writer, big, chunk=MiB)
+        writer.commit()
+    with pytest.raises(RuntimeError), s3_driver.writer("uploads/failed/data") as writer:
+        _write_chunks(writer, big, chunk=MiB)
+        raise RuntimeError("client went away")
+    open_uploads = [
+        key
+        for key in s3_server.open_multipart_uploads(s3_bucket)
+        if key.startswith(s3_driver.prefix)
+    ]
+    assert open_uploads == []
+    assert s3_driver.list("uploads") == ["uploads/done"]
+
+
+def test_s3_move_beyond_copy_object_limit_uses_multipart_copy(
+    s3_driver: S3Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # S3's CopyObject stops at 5 GiB; pretend the limit is 8 MiB so that a 12 MiB object
+    # takes the multipart-copy path (two 6 MiB UploadPartCopy ranges).
+    monkeypatch.setattr(s3_module, "MAX_COPY", 8 * MiB)
+    data = _pattern(12 * MiB, seed=53)
+    s3_driver.put_content("uploads/u1/data", data)
+    with _s3_calls(s3_driver) as calls:
+        s3_driver.move("uploads/u1/data", "blobs/moved/data")
+    assert calls.count("UploadPartCopy") == 2
+    assert "CopyObject" not in calls
+    assert "GetObject" not in calls and "PutObject" not in calls
+    assert s3_driver.get_content("blobs/moved/data") == data
+    assert not s3_driver.exists("uploads/u1/data")
+
+
+def test_s3_keys_live_under_the_prefix(
+    s3_driver: S3Driver, s3_server: S3Server, s3_bucket: str
+) -> None:
+    s3_driver.put_content("repo/a", b"1")
+    with s3_driver.writer("repo/b") as writer:
+        writer.write(b"2")
+        writer.commit()
+    assert s3_driver.prefix.endswith("/")
+    assert sorted(s3_server.keys(s3_bucket, s3_driver.prefix)) == [
+        s3_driver.prefix + "repo/a",
+        s3_driver.prefix + "repo/b",
+    ]
+    assert s3_driver.list("") == ["repo"]  # the key outside the prefix is not seen
+
+
+def test_s3_redirect_url_is_a_presigned_get(s3_params: dict[str, str]) -> None:
+    driver = create_driver("s3", {**s3_params, "redirect": "true"})
+    data = _pattern(3 * MiB, seed=54)
+    driver.put_content("blobs/r/data", data)
+    url = driver.redirect_url("blobs/r/data", "GET")
+    assert url is not None
+    assert "X-Amz-Signature=" in url and "X-Amz-Expires=1200" in url
+    got = requests.get(url, timeout=30)  # no credentials: the signature is the permission
+    assert got.status_code == 200
+    assert got.content == data
+    assert driver.redirect_url("blobs/r/data", "PUT") is None
+
+
+def test_s3_settings_build_the_driver(s3_server: S3Server, s3_bucket: str) -> None:
+    env = {
+        **s3_server.server_env(s3_bucket, prefix="/reg-1/", redirect="on", part_size="16m"),
+        "BERTH_DATABASE_URL": "sqlite:///unused.db",
+    }
+    settings = load_settings(environ=env)
+    built = create_driver(settings.storage_driver, driver_params(settings))
+    assert isinstance(built, S3Driver)
+    assert (built.bucket, built.prefix, built.redirect, built.part_size) == (
+        s3_bucket,
+        "reg-1/",
+        True,
+        16 * MiB,
+    )
+    built.put_content("x", b"1")
+    assert s3_server.client().get_object(Bucket=s3_bucket, Key="reg-1/x")["Body"].read() == b"1"
+    built.delete("x")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BERTH_STORAGE_DRIVER": "s3"}, "s3_bucket"),
+        (
+            {"BERTH_STORAGE_DRIVER": "s3", "BERTH_S3_BUCKET": "b", "BERTH_S3_PART_SIZE": "4m"},
+            "5 MiB",
+        ),
+        ({"BERTH_STORAGE_DRIVER": "gcs"}, "filesystem, inmemory, s3"),
+    ],
+)
+def test_s3_settings_are_checked(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ=env)
+
+
+def test_s3_second_of_two_appends_from_the_same_object_fails(s3_driver: S3Driver) -> None:
+    # Two PATCHes of one upload at once (a client bug, or two nodes): the object must end up
+    # as one of them, and the loser must hear so, or the upload's recorded size and hash
+    # would describe bytes that are not stored.
+    path = "uploads/u1/data"
+    s3_driver.put_content(path, b"base-")
+    first = s3_driver.writer(path, append=True)
+    second = s3_driver.writer(path, append=True)
+    first.write(b"AAAA")
+    second.write(b"BBBB")
+    first.commit()
+    with pytest.raises(StorageError, match="changed while appending"):
+        second.commit()
+    second.cancel()
+    for writer in (first, second):
+        writer.close()
+    assert s3_driver.get_content(path) == b"base-AAAA"

@@ -1,0 +1,29 @@
+"""The administration API under /api/v1 (access control requires an administrator there)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from flask import Blueprint, jsonify
+
+from app.errors import NameInvalid
+from app.registry import repositories
+from app.views.base import Response, registry
+from app.views.origin import request_info
+
+bp = Blueprint("admin", __name__)
+
+
+@bp.delete("/api/v1/repositories/<repo:name>")
+def delete_repository(name: str) -> Response:
+    """202: the repository is gone and the blobs only it used are freed; the body counts."""
+    deleted = repositories.delete(registry(), name, origin=request_info())
+    response = jsonify(asdict(deleted))
+    response.status_code = 202
+    return response
+
+
+@bp.delete("/api/v1/repositories/<path:name>")
+def delete_malformed(name: str) -> Response:
+    # Only reached when the name does not match the repository grammar.
+    raise NameInvalid({"name": name})

@@ -133,6 +133,9 @@ class Upload(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     started_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+    # The one request allowed to write the upload's bytes, until its lease runs out.
+    writer: Mapped[str | None] = mapped_column(String(36))
+    writer_expires: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
 class NotificationEvent(Base):

@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 
 from app.db import queries
 from app.db.models import Repository, Upload
@@ -33,6 +35,8 @@ from app.registry.references import Digest
 from app.storage import PathNotFound
 
 CHUNK = 1024 * 1024
+# How long a writer keeps an upload without renewing; it renews every quarter of this.
+LEASE = timedelta(seconds=15)
 log = logging.getLogger(__name__)
 
 
@@ -80,6 +84,77 @@ def _now() -> datetime:
 def _aware(moment: datetime) -> datetime:
     # SQLite hands timestamps back without a zone; they were written in UTC.
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class _Lease:
+    """The right to write an upload's bytes, held by one request at a time across every
+    worker and instance. Without it, two PATCHes on one upload could interleave, and one's
+    rollback would cut off the other's bytes. A holder that dies loses it after LEASE."""
+
+    def __init__(self, reg: Registry, upload_id: str, size: int) -> None:
+        self._reg, self._id, self._token = reg, upload_id, str(uuid.uuid4())
+        now = _now()
+        with reg.db.transaction(write=True) as session:
+            claimed = session.execute(
+                update(Upload)
+                .where(
+                    Upload.id == upload_id,
+                    Upload.size == size,
+                    or_(Upload.writer.is_(None), Upload.writer_expires < now),
+                )
+                .values(writer=self._token, writer_expires=now + LEASE, updated_at=now)
+            ).rowcount  # type: ignore[attr-defined]
+        if not claimed:
+            raise RangeInvalid({"upload": upload_id}, message="upload busy or changed")
+        self._renewed = time.monotonic()
+
+    def _mine(self) -> Any:
+        return (Upload.id == self._id) & (Upload.writer == self._token)
+
+    def renew(self) -> None:
+        """Called while bytes stream: extends the lease (and the session's idle clock)."""
+        if time.monotonic() - self._renewed < LEASE.total_seconds() / 4:
+            return
+        now = _now()
+        with self._reg.db.transaction(write=True) as session:
+            kept = session.execute(
+                update(Upload)
+                .where(self._mine())
+                .values(writer_expires=now + LEASE, updated_at=now)
+            ).rowcount  # type: ignore[attr-defined]
+        if not kept:
+            raise _LeaseLost(self._id)
+        self._renewed = time.monotonic()
+
+    def finish(self, size: int) -> None:
+        """Record the new size and let go, in one statement."""
+        with self._reg.db.transaction(write=True) as session:
+            kept = session.execute(
+                update(Upload)
+                .where(self._mine())
+                .values(size=size, updated_at=_now(), writer=None, writer_expires=None)
+            ).rowcount  # type: ignore[attr-defined]
+        if not kept:
+            raise _LeaseLost(self._id)
+
+    def release(self) -> None:
+        with self._reg.db.transaction(write=True) as session:
+            session.execute(
+                update(Upload).where(self._mine()).values(writer=None, writer_expires=None)
+            )
+
+
+class _LeaseLost(RangeInvalid):
+    message = "upload taken over by another request"
+
+
+@contextlib.contextmanager
+def _leased(reg: Registry, upload_id: str, size: int) -> Iterator[_Lease]:
+    lease = _Lease(reg, upload_id, size)
+    try:
+        yield lease
+    finally:
+        lease.release()
 
 
 def start(reg: Registry, repo: str) -> UploadState:
@@ -133,14 +208,34 @@ def append(
         expected = end - start_ + 1
         if content_length is not None and content_length != expected:
             raise SizeInvalid({"content_length": content_length, "range_length": expected})
+    with _leased(reg, upload_id, state.size) as lease:
+        return _append_leased(reg, lease, upload_id, state, body, expected)
+
+
+def _check_stored(reg: Registry, upload_id: str, size: int) -> None:
+    """The stored bytes must be at least what the database accepted; more is what a crash or
+    a lost client left behind, and is cut off."""
     path = paths.upload_data(upload_id)
     try:
         on_disk = reg.driver.stat(path).size
     except PathNotFound as exc:
         raise BlobUploadUnknown({"upload": upload_id}) from exc
-    if on_disk != state.size:
-        # A crash or a lost client left bytes the database never accepted.
-        reg.driver.truncate(path, state.size)
+    if on_disk < size:
+        raise BlobUploadInvalid({"upload": upload_id}, message="upload data lost; start again")
+    if on_disk > size:
+        reg.driver.truncate(path, size)
+
+
+def _append_leased(
+    reg: Registry,
+    lease: _Lease,
+    upload_id: str,
+    state: UploadState,
+    body: BinaryIO,
+    expected: int | None,
+) -> UploadState:
+    path = paths.upload_data(upload_id)
+    _check_stored(reg, upload_id, state.size)
     hasher = _hashes.take(upload_id, state.size)
     if hasher is None and state.size == 0:
         hasher = Digest("sha256", "").hasher()
@@ -153,6 +248,7 @@ def append(
             if not data:
                 break
             writer.write(data)
+            lease.renew()
             if hasher is not None:
                 hasher.update(data)  # type: ignore[attr-defined]
             written += len(data)
@@ -161,6 +257,8 @@ def append(
         if expected is not None and written != expected:
             raise SizeInvalid({"expected": expected, "received": written})
         writer.commit()
+    except _LeaseLost:
+        raise  # the bytes are another request's now: leave them alone
     except SizeInvalid:
         writer.cancel()
         raise
@@ -172,20 +270,14 @@ def append(
     finally:
         writer.close()
     new_size = state.size + written
-    with reg.db.transaction(write=True) as session:
-        result = session.execute(
-            update(Upload)
-            .where(Upload.id == upload_id, Upload.size == state.size)
-            .values(size=new_size, updated_at=_now())
-        )
-        if not result.rowcount:  # type: ignore[attr-defined]
-            raise RangeInvalid({"upload": upload_id}, message="upload changed concurrently")
+    # Cached before the lease goes: nobody else can have written in between.
     if hasher is not None:
         _hashes.put(upload_id, new_size, hasher)
+    lease.finish(new_size)
     return UploadState(upload_id, new_size)
 
 
-def _hash_stored(reg: Registry, upload_id: str, size: int, digest: Digest):
+def _hash_stored(reg: Registry, lease: _Lease, upload_id: str, size: int, digest: Digest):
     hasher = _hashes.take(upload_id, size) if digest.algorithm == "sha256" else None
     if hasher is not None:
         return hasher
@@ -193,6 +285,7 @@ def _hash_stored(reg: Registry, upload_id: str, size: int, digest: Digest):
     with reg.driver.reader(paths.upload_data(upload_id)) as stream:
         while data := stream.read(CHUNK):
             hasher.update(data)
+            lease.renew()
     return hasher
 
 
@@ -211,10 +304,26 @@ def complete(
         state = append(reg, repo, upload_id, body, content_range, content_length)
     else:
         state = status(reg, repo, upload_id)
-    hasher = _hash_stored(reg, upload_id, state.size, digest)
-    if hasher.hexdigest() != digest.hex:  # type: ignore[attr-defined]
-        cancel(reg, repo, upload_id)
-        raise DigestInvalid({"digest": str(digest)})
+    with _leased(reg, upload_id, state.size) as lease:
+        _check_stored(reg, upload_id, state.size)
+        hasher = _hash_stored(reg, lease, upload_id, state.size, digest)
+        if hasher.hexdigest() != digest.hex:  # type: ignore[attr-defined]
+            cancel(reg, repo, upload_id)
+            raise DigestInvalid({"digest": str(digest)})
+        _publish(reg, repo, upload_id, digest, state, origin)
+    _remove_bytes(reg, upload_id)
+    return state
+
+
+def _publish(
+    reg: Registry,
+    repo: str,
+    upload_id: str,
+    digest: Digest,
+    state: UploadState,
+    origin: events.RequestInfo | None,
+) -> None:
+    """Link the verified blob into the repository and move its bytes into place."""
     target = paths.blob_data(digest)
     with reg.db.transaction(write=True) as session:
         repo_id = queries.ensure_repository(session, repo)
@@ -225,8 +334,6 @@ def complete(
         session.execute(delete(Upload).where(Upload.id == upload_id))
         push = events.blob_event("push", repo, str(digest), state.size, origin)
         events.record(session, reg, [push])
-    _remove_bytes(reg, upload_id)
-    return state
 
 
 def cancel(reg: Registry, repo: str, upload_id: str) -> None:

@@ -295,3 +295,45 @@ def test_concurrent_pushes_of_the_same_blob_all_succeed(app: Flask) -> None:
         thread.join()
     assert statuses == [201] * 8
     assert app.test_client().get(f"/v2/team/app/blobs/{digest}").data == data
+
+
+def _hold_lease(app: Flask, upload_id: str, seconds: int) -> None:
+    """What another request streaming into the same upload looks like in the database."""
+    with app.extensions["berth"].db.transaction(write=True) as session:
+        session.execute(
+            update(Upload)
+            .where(Upload.id == upload_id)
+            .values(
+                writer="other-request",
+                writer_expires=datetime.now(UTC) + timedelta(seconds=seconds),
+            )
+        )
+
+
+def test_a_second_writer_is_refused_while_one_streams(app: Flask, registry: RegistryClient) -> None:
+    location = registry.start_upload("team/app")
+    registry.http.patch(location, data=b"first")
+    _hold_lease(app, location.rsplit("/", 1)[-1], 60)
+    response = registry.http.patch(location, data=b"second")
+    assert response.status_code == 416
+    assert error_codes(response) == ["RANGE_INVALID"]
+    assert response.headers["Range"] == "0-4"
+    response = registry.http.put(f"{location}?digest={sha256(b'first')}")
+    assert response.status_code == 416
+    # Once the other writer's lease has run out (it died), the upload goes on.
+    _hold_lease(app, location.rsplit("/", 1)[-1], -1)
+    assert registry.http.patch(location, data=b"second").status_code == 202
+    assert registry.http.put(f"{location}?digest={sha256(b'firstsecond')}").status_code == 201
+
+
+def test_lost_upload_bytes_are_reported_not_guessed(app: Flask, registry: RegistryClient) -> None:
+    location = registry.start_upload("team/app")
+    registry.http.patch(location, data=b"0123456789")
+    upload_id = location.rsplit("/", 1)[-1]
+    app.extensions["berth"].driver.truncate(paths.upload_data(upload_id), 4)
+    response = registry.http.patch(location, data=b"more")
+    assert response.status_code == 400
+    assert error_codes(response) == ["BLOB_UPLOAD_INVALID"]
+    response = registry.http.put(f"{location}?digest={sha256(b'0123456789')}")
+    assert response.status_code == 400
+    assert registry.http.head(f"/v2/team/app/blobs/{sha256(b'0123456789')}").status_code == 404

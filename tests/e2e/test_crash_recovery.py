@@ -164,14 +164,21 @@ def test_kill_9_mid_upload_leaves_no_partial_blob(
     assert pulled.status_code == 200
     assert pulled.content == blob
 
-    # The interrupted session resumes at the accepted size: the leftover bytes are cut off,
-    # else the digest of the stored upload would not match.
-    rest = requests.patch(
-        again.url + resumed_loc,
-        data=blob[first:],
-        headers={**OCTET, "Content-Range": f"{first}-{len(blob) - 1}"},
-        timeout=HTTP_TIMEOUT,
-    )
+    # The interrupted session resumes at the accepted size once the killed writer's lease
+    # has lapsed (416 "busy" until then); the leftover bytes are cut off, else the digest
+    # of the stored upload would not match.
+    deadline = time.monotonic() + uploads.LEASE.total_seconds() + 10
+    while True:
+        rest = requests.patch(
+            again.url + resumed_loc,
+            data=blob[first:],
+            headers={**OCTET, "Content-Range": f"{first}-{len(blob) - 1}"},
+            timeout=HTTP_TIMEOUT,
+        )
+        if rest.status_code != 416 or time.monotonic() > deadline:
+            break
+        assert rest.headers["Range"] == f"0-{first - 1}"
+        time.sleep(1)
     assert rest.status_code == 202, rest.text
     done = requests.put(f"{again.url}{rest.headers['Location']}?digest={digest}", timeout=60)
     assert done.status_code == 201, done.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy import and_, bindparam, delete, exists, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -118,21 +118,31 @@ def missing_manifests(session: Session, repo_id: int, digests: list[str]) -> lis
     return [d for d in dict.fromkeys(digests) if d not in found]
 
 
-def manifest_by_digest(session: Session, repo_name: str, digest: str) -> Manifest | None:
-    return session.scalar(
-        select(Manifest)
-        .join(Repository, Repository.id == Manifest.repository_id)
-        .where(Repository.name == repo_name, Manifest.digest == digest)
-    )
-
-
-def manifest_by_tag(session: Session, repo_name: str, tag: str) -> Manifest | None:
-    return session.scalar(
-        select(Manifest)
-        .join(Tag, Tag.manifest_id == Manifest.id)
-        .join(Repository, Repository.id == Tag.repository_id)
-        .where(Repository.name == repo_name, Tag.name == tag)
-    )
+# The hot read paths (every pull) as statements built once: constructing a select() costs
+# more than running it on a warm connection.
+_MANIFEST_COLUMNS = (
+    Manifest.digest,
+    Manifest.media_type,
+    Manifest.payload,
+    Manifest.subject_digest,
+)
+MANIFEST_BY_TAG = (
+    select(*_MANIFEST_COLUMNS)
+    .join(Tag, Tag.manifest_id == Manifest.id)
+    .join(Repository, Repository.id == Tag.repository_id)
+    .where(Repository.name == bindparam("repo"), Tag.name == bindparam("reference"))
+)
+MANIFEST_BY_DIGEST = (
+    select(*_MANIFEST_COLUMNS)
+    .join(Repository, Repository.id == Manifest.repository_id)
+    .where(Repository.name == bindparam("repo"), Manifest.digest == bindparam("reference"))
+)
+LINKED_BLOB_SIZE = (
+    select(Blob.size)
+    .join(RepositoryBlob, RepositoryBlob.blob_id == Blob.id)
+    .join(Repository, Repository.id == RepositoryBlob.repository_id)
+    .where(Repository.name == bindparam("repo"), Blob.digest == bindparam("digest"))
+)
 
 
 def tag_names(session: Session, repo_id: int, last: str | None, limit: int | None) -> list[str]:

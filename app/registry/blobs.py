@@ -19,11 +19,11 @@ class BlobInfo:
 
 
 def stat(reg: Registry, repo: str, digest: Digest) -> BlobInfo:
-    with reg.db.transaction() as session:
-        blob = queries.linked_blob(session, repo, str(digest))
-        if blob is None:
-            raise BlobUnknown({"digest": str(digest)})
-        return BlobInfo(blob.digest, blob.size)
+    with reg.db.read() as connection:
+        size = connection.scalar(queries.LINKED_BLOB_SIZE, {"repo": repo, "digest": str(digest)})
+    if size is None:
+        raise BlobUnknown({"digest": str(digest)})
+    return BlobInfo(str(digest), size)
 
 
 def open_blob(reg: Registry, digest: Digest, offset: int = 0) -> BinaryIO:

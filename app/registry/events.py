@@ -21,7 +21,7 @@ import json
 import socket
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -216,8 +216,12 @@ def wanted(reg: Registry, event: Event) -> bool:
     return any(endpoint.accepts(event) for endpoint in enabled(reg.settings))
 
 
-def publish(reg: Registry, event: Event) -> None:
-    """Record an event that goes with no change of its own (a pull), in a short transaction."""
+def publish(reg: Registry, build: Callable[[], Event]) -> None:
+    """Record an event that goes with no change of its own (a pull), in a short transaction.
+    The event is built only when notifications are on: pulls are the hot path."""
+    if not enabled(reg.settings):
+        return
+    event = build()
     if wanted(reg, event):
         with reg.db.transaction(write=True) as session:
             record(session, reg, [event])

@@ -208,14 +208,15 @@ def _unknown_blobs(missing: list[str]) -> RegistryError:
 
 
 def get(reg: Registry, repo: str, reference: str) -> StoredManifest:
-    with reg.db.transaction() as session:
-        if is_digest(reference):
-            row = queries.manifest_by_digest(session, repo, str(Digest.parse(reference)))
-        else:
-            row = queries.manifest_by_tag(session, repo, check_tag(reference))
-        if row is None:
-            raise ManifestUnknown({"name": repo, "reference": reference})
-        return StoredManifest(row.digest, row.media_type, row.payload, row.subject_digest)
+    if is_digest(reference):
+        query, key = queries.MANIFEST_BY_DIGEST, str(Digest.parse(reference))
+    else:
+        query, key = queries.MANIFEST_BY_TAG, check_tag(reference)
+    with reg.db.read() as connection:
+        row = connection.execute(query, {"repo": repo, "reference": key}).first()
+    if row is None:
+        raise ManifestUnknown({"name": repo, "reference": reference})
+    return StoredManifest(row.digest, row.media_type, row.payload, row.subject_digest)
 
 
 def delete_reference(

@@ -49,7 +49,9 @@ def get_blob(name: str, digest: str) -> Response:
     if request.method == "HEAD":
         return Response(status=status, headers=headers, content_type="application/octet-stream")
     if start == 0:  # a download resumed further on is not another pull
-        events.publish(reg, events.blob_event("pull", name, info.digest, info.size, request_info()))
+        events.publish(
+            reg, lambda: events.blob_event("pull", name, info.digest, info.size, request_info())
+        )
     offload = offloaded(reg, parsed, headers)
     if offload is not None:
         return offload

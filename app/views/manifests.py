@@ -29,10 +29,12 @@ def get_manifest(name: str, reference: str) -> Response:
         return Response(status=304, headers=headers)
     if request.method == "GET":
         tag = None if is_digest(reference) else reference
-        pulled = events.manifest_event(
-            "pull", name, stored.digest, stored.media_type, stored.payload, tag, request_info()
+        events.publish(
+            registry(),
+            lambda: events.manifest_event(
+                "pull", name, stored.digest, stored.media_type, stored.payload, tag, request_info()
+            ),
         )
-        events.publish(registry(), pulled)
     # Werkzeug sends no body for HEAD but keeps the Content-Length of the real payload.
     return Response(stored.payload, headers=headers, content_type=stored.media_type)
 

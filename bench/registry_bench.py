@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -285,6 +286,9 @@ FIGURES = [
     Figure("blob GET", "MB/s", True),
     Figure("catalog page", "ms", False),
     Figure("tags page", "ms", False),
+    Figure("huge blob push", "MB/s", True),
+    Figure("huge blob pull", "MB/s", True),
+    Figure("RSS growth during huge blob", "MiB", False),
     Figure("server CPU", "s", False),
     Figure("peak RSS (all processes)", "MiB", False),
     Figure("peak RSS (largest process)", "MiB", False),
@@ -299,6 +303,7 @@ class Inputs:
     blob: bytes
     listing: int
     wrk_seconds: int
+    huge: int
 
 
 def prepare(workdir: Path, quick: bool) -> Inputs:
@@ -314,6 +319,7 @@ def prepare(workdir: Path, quick: bool) -> Inputs:
         blob=os.urandom(256 * 1024 if quick else 64 * MiB),
         listing=50 if quick else 10_000,
         wrk_seconds=1 if quick else 5,
+        huge=8 * MiB if quick else 1024 * MiB,
     )
 
 
@@ -343,6 +349,68 @@ def populate_listings(target: Target, count: int) -> None:
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(fill_repo, range(count)))
         list(pool.map(fill_tag, range(count)))
+
+
+class RssSampler:
+    """The largest RSS each server process reaches while a step runs, sampled every 50 ms."""
+
+    def __init__(self, target: Target) -> None:
+        self._target, self.peak = target, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in self._target.pids():
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                match = re.search(r"VmRSS:\s+(\d+) kB", status)
+                if match:
+                    self.peak = max(self.peak, int(match.group(1)) / 1024)
+            time.sleep(0.05)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def huge_blob(target: Target, size: int) -> tuple[float, float, float]:
+    """Push and pull one blob of size bytes, generated and hashed on the fly (the client holds
+    1 MiB at a time). Returns push MB/s, pull MB/s and how far any server process's RSS grew
+    above what it was before."""
+    session, url = requests.Session(), target.url
+    seed = hashlib.sha256(b"huge").digest() * (MiB // 32)
+    hasher = hashlib.sha256()
+    for _ in range(size // MiB):
+        hasher.update(seed)
+    digest = "sha256:" + hasher.hexdigest()
+    with RssSampler(target) as before:
+        time.sleep(0.2)
+    with RssSampler(target) as during:
+        start = time.perf_counter()
+        location = session.post(f"{url}/v2/bench/huge/blobs/uploads/").headers["Location"]
+        location = requests.compat.urljoin(url, location)
+        patch = session.patch(location, data=(seed for _ in range(size // MiB)))
+        patch.raise_for_status()
+        done = requests.compat.urljoin(url, patch.headers["Location"])
+        sep = "&" if "?" in done else "?"
+        session.put(f"{done}{sep}digest={digest}").raise_for_status()
+        push = size / MiB / (time.perf_counter() - start)
+        start = time.perf_counter()
+        check = hashlib.sha256()
+        with session.get(f"{url}/v2/bench/huge/blobs/{digest}", stream=True) as response:
+            response.raise_for_status()
+            for chunk in response.iter_content(MiB):
+                check.update(chunk)
+        assert "sha256:" + check.hexdigest() == digest
+        pull = size / MiB / (time.perf_counter() - start)
+    return push, pull, max(during.peak - before.peak, 0.0)
 
 
 def run_steps(target: Target, inputs: Inputs, workdir: Path) -> dict[str, float]:
@@ -410,6 +478,10 @@ def run_steps(target: Target, inputs: Inputs, workdir: Path) -> dict[str, float]
         lambda: session.get(f"{url}/v2/bench/base/tags/list?n=100").raise_for_status(), repeat=5
     )
 
+    push, pull, growth = huge_blob(target, inputs.huge)
+    results["huge blob push"], results["huge blob pull"] = push, pull
+    results["RSS growth during huge blob"] = growth
+
     pids = target.pids()
     results["server CPU"] = cpu_seconds(pids)
     results["peak RSS (all processes)"], results["peak RSS (largest process)"] = peak_rss_mib(pids)
@@ -420,9 +492,11 @@ def run_steps(target: Target, inputs: Inputs, workdir: Path) -> dict[str, float]
 
 
 def ratio(figure: Figure, berth: float, reference: float) -> float:
-    if figure.higher_is_better:
-        return berth / reference if reference else float("inf")
-    return reference / berth if berth else float("inf")
+    """Berth / reference, inverted where lower is better, so that > 1 always favours Berth."""
+    better, worse = (berth, reference) if figure.higher_is_better else (reference, berth)
+    if worse < 0.05:  # both next to nothing (RSS growth of a streaming server, say)
+        return 1.0 if better < 0.05 else float("inf")
+    return better / worse
 
 
 def table(results: dict[str, dict[str, float]]) -> str:

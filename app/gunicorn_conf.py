@@ -20,8 +20,8 @@ graceful_timeout = 30
 keepalive = 75
 accesslog = "-"
 errorlog = "-"
-# Blob GETs go out with sendfile through wsgi.file_wrapper.
-sendfile = True
+# Blob GETs go out with sendfile through wsgi.file_wrapper. Leave `sendfile` unset: gunicorn
+# reads ANY value given to it, True included, as --no-sendfile.
 # Several instances may run on one host (and in the tests): no shared control socket.
 control_socket_disable = True
 forwarded_allow_ips = os.environ.get("BERTH_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")

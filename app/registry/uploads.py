@@ -158,8 +158,8 @@ def _leased(reg: Registry, upload_id: str, size: int) -> Iterator[_Lease]:
 
 
 def start(reg: Registry, repo: str) -> UploadState:
+    # No file yet: the first chunk creates it, so starting a session costs no fsync.
     upload_id = str(uuid.uuid4())
-    reg.driver.put_content(paths.upload_data(upload_id), b"")
     with reg.db.transaction(write=True) as session:
         repo_id = queries.ensure_repository(session, repo)
         session.add(Upload(id=upload_id, repository_id=repo_id, size=0))
@@ -218,8 +218,8 @@ def _check_stored(reg: Registry, upload_id: str, size: int) -> None:
     path = paths.upload_data(upload_id)
     try:
         on_disk = reg.driver.stat(path).size
-    except PathNotFound as exc:
-        raise BlobUploadUnknown({"upload": upload_id}) from exc
+    except PathNotFound:
+        on_disk = 0  # no chunk has arrived yet
     if on_disk < size:
         raise BlobUploadInvalid({"upload": upload_id}, message="upload data lost; start again")
     if on_disk > size:
@@ -282,6 +282,8 @@ def _hash_stored(reg: Registry, lease: _Lease, upload_id: str, size: int, digest
     if hasher is not None:
         return hasher
     hasher = digest.hasher()
+    if size == 0:
+        return hasher
     with reg.driver.reader(paths.upload_data(upload_id)) as stream:
         while data := stream.read(CHUNK):
             hasher.update(data)
@@ -329,7 +331,11 @@ def _publish(
         repo_id = queries.ensure_repository(session, repo)
         queries.link_blob(session, repo_id, str(digest), state.size)
         # Under link_blob's digest lock: gc cannot delete these bytes before we commit.
-        if not reg.driver.exists(target):
+        if reg.driver.exists(target):
+            pass  # the same bytes are there already
+        elif state.size == 0:
+            reg.driver.put_content(target, b"")  # an empty blob never got a chunk
+        else:
             reg.driver.move(paths.upload_data(upload_id), target)
         session.execute(delete(Upload).where(Upload.id == upload_id))
         push = events.blob_event("push", repo, str(digest), state.size, origin)

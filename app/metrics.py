@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 
 from app.views.base import Response
 
@@ -213,7 +213,37 @@ def metrics_view() -> Response:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(registry) + _notification_lines()
+    return Response(body, content_type=CONTENT_TYPE_LATEST)
+
+
+def _notification_lines() -> bytes:
+    """Webhook outbox state per endpoint, read from the database at scrape time (it is shared
+    by every worker and instance, so no process-local counter could say it)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+
+    from app.registry import notify
+
+    numbers = notify.counts(current_app.extensions["berth"])
+    if not numbers:
+        return b""
+    family = GaugeMetricFamily(
+        "berth_notification_events",
+        "Webhook events per endpoint: pending, sent (within retention), failed attempts",
+        labels=["endpoint", "state"],
+    )
+    for endpoint, states in sorted(numbers.items()):
+        for state, value in sorted(states.items()):
+            family.add_metric([endpoint, state], value)
+
+    class _Collector:
+        def collect(self) -> Iterator[GaugeMetricFamily]:
+            yield family
+
+    registry = CollectorRegistry()
+    registry.register(_Collector())  # type: ignore[arg-type]
+    return generate_latest(registry)
 
 
 def init_app(app: Flask) -> None:

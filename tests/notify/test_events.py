@@ -333,3 +333,19 @@ def test_repository_delete_sends_one_event(make_registry: MakeRegistry, receiver
     assert last["request"]["method"] == "DELETE" and last["actor"] == {"name": "alice"}
     for request in receiver.delivered():
         assert check_envelope(request.headers, request.json()) == []
+
+
+def test_metrics_show_the_outbox_per_endpoint(make_registry: MakeRegistry) -> None:
+    # Nothing listens on port 9 (discard): events stay pending, as in a receiver outage.
+    reg, registry = make_registry([{"name": "down", "url": "http://127.0.0.1:9/events"}])
+    registry.push_image("team/app", "v1", layers=1)
+    body = registry.http.get("/metrics").get_data(as_text=True)
+    pending = [
+        line
+        for line in body.splitlines()
+        if line.startswith('berth_notification_events{endpoint="down",state="pending"}')
+    ]
+    assert len(pending) == 1
+    # config push, layer push, manifest push
+    assert float(pending[0].rsplit(" ", 1)[1]) == 3.0
+    assert 'berth_notification_events{endpoint="down",state="sent"} 0.0' in body

@@ -337,7 +337,7 @@ def test_repository_delete_sends_one_event(make_registry: MakeRegistry, receiver
 
 def test_metrics_show_the_outbox_per_endpoint(make_registry: MakeRegistry) -> None:
     # Nothing listens on port 9 (discard): events stay pending, as in a receiver outage.
-    reg, registry = make_registry([{"name": "down", "url": "http://127.0.0.1:9/events"}])
+    _, registry = make_registry([{"name": "down", "url": "http://127.0.0.1:9/events"}])
     registry.push_image("team/app", "v1", layers=1)
     body = registry.http.get("/metrics").get_data(as_text=True)
     pending = [

@@ -145,13 +145,15 @@ LINKED_BLOB_SIZE = (
 )
 
 
-def tag_names(session: Session, repo_id: int, last: str | None, limit: int | None) -> list[str]:
-    query = select(Tag.name).where(Tag.repository_id == repo_id).order_by(Tag.name)
-    if last is not None:
-        query = query.where(Tag.name > last)
-    if limit is not None:
-        query = query.limit(limit)
-    return list(session.scalars(query))
+REPOSITORY_ID = select(Repository.id).where(Repository.name == bindparam("repo"))
+# Tag names are never empty, so `> ""` is "from the start"; the limit is always bound.
+TAG_PAGE = (
+    select(Tag.name)
+    .where(Tag.repository_id == bindparam("repo_id"), Tag.name > bindparam("last"))
+    .order_by(Tag.name)
+    .limit(bindparam("limit"))
+)
+NO_LIMIT = 2**62
 
 
 def repository_names(session: Session, last: str | None, limit: int | None) -> list[str]:

@@ -12,11 +12,14 @@ from app.registry.references import Digest
 
 
 def tags(reg: Registry, repo: str, last: str | None, limit: int | None) -> list[str]:
-    with reg.db.transaction() as session:
-        repo_id = queries.repository_id(session, repo)
+    with reg.db.read() as connection:
+        repo_id = connection.scalar(queries.REPOSITORY_ID, {"repo": repo})
         if repo_id is None:
             raise NameUnknown({"name": repo})
-        return queries.tag_names(session, repo_id, last, limit)
+        page = {"repo_id": repo_id, "last": last or "", "limit": queries.NO_LIMIT}
+        if limit is not None:
+            page["limit"] = limit
+        return list(connection.scalars(queries.TAG_PAGE, page))
 
 
 def catalog(reg: Registry, last: str | None, limit: int | None) -> list[str]:

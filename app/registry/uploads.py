@@ -107,6 +107,7 @@ class _Lease:
         if not claimed:
             raise RangeInvalid({"upload": upload_id}, message="upload busy or changed")
         self._renewed = time.monotonic()
+        self._held = True
 
     def _mine(self) -> Any:
         return (Upload.id == self._id) & (Upload.writer == self._token)
@@ -136,8 +137,15 @@ class _Lease:
             ).rowcount  # type: ignore[attr-defined]
         if not kept:
             raise _LeaseLost(self._id)
+        self.done()
+
+    def done(self) -> None:
+        """The lease ended with the work (finished, or the session is gone): no release."""
+        self._held = False
 
     def release(self) -> None:
+        if not self._held:
+            return
         with self._reg.db.transaction(write=True) as session:
             session.execute(
                 update(Upload).where(self._mine()).values(writer=None, writer_expires=None)
@@ -313,6 +321,7 @@ def complete(
             cancel(reg, repo, upload_id)
             raise DigestInvalid({"digest": str(digest)})
         _publish(reg, repo, upload_id, digest, state, origin)
+        lease.done()  # the session row went with the publish
     _remove_bytes(reg, upload_id)
     return state
 

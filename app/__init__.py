@@ -9,9 +9,8 @@ from typing import Any
 from flask import Flask
 
 from app.config import load_settings
-from app.db import Database
 from app.registry.context import Registry
-from app.storage import StorageDriver, create_driver, driver_params
+from app.storage import StorageDriver
 
 
 def create_app(
@@ -26,9 +25,7 @@ def create_app(
     logging.getLogger("app").setLevel(settings.log_level.upper())
     app = Flask(__name__)
     app.config["BERTH_SETTINGS"] = settings
-    if driver is None:
-        driver = create_driver(settings.storage_driver, driver_params(settings))
-    app.extensions["berth"] = Registry(Database(settings.database_url), driver, settings)
+    app.extensions["berth"] = Registry.from_settings(settings, driver)
     base.init_app(app)
     for module in (blobs, uploads, manifests, listings):
         app.register_blueprint(module.bp)

@@ -153,12 +153,9 @@ _add_notify()
 
 def _registry(settings: Settings) -> Any:
     """A Registry context on the configured database and storage, for maintenance commands."""
-    from app.db import Database
     from app.registry.context import Registry
-    from app.storage import create_driver, driver_params
 
-    driver = create_driver(settings.storage_driver, driver_params(settings))
-    return Registry(Database(settings.database_url), driver, settings)
+    return Registry.from_settings(settings)
 
 
 @main.command()

@@ -15,17 +15,13 @@ from app.registry.context import Registry
 
 
 def _registry() -> Registry:
-    from app.db import Database
-    from app.storage import create_driver, driver_params
-
     try:
         settings: Settings = load_settings()
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from exc
     if settings.storage_driver == "filesystem":
         Path(settings.storage_root).mkdir(parents=True, exist_ok=True)
-    driver = create_driver(settings.storage_driver, driver_params(settings))
-    return Registry(Database(settings.database_url), driver, settings)
+    return Registry.from_settings(settings)
 
 
 @click.group(invoke_without_command=True)

@@ -91,23 +91,35 @@ class _Lease:
     worker and instance. Without it, two PATCHes on one upload could interleave, and one's
     rollback would cut off the other's bytes. A holder that dies loses it after LEASE."""
 
-    def __init__(self, reg: Registry, upload_id: str, size: int) -> None:
-        self._reg, self._id, self._token = reg, upload_id, str(uuid.uuid4())
-        now = _now()
+    def __init__(self, reg: Registry, upload_id: str, token: str) -> None:
+        self._reg, self._id, self._token = reg, upload_id, token
+        self._renewed = time.monotonic()
+        self._held = True
+
+    @classmethod
+    def claim(cls, reg: Registry, repo: str, upload_id: str) -> tuple[_Lease, int]:
+        """Take the lease and read the upload's size in one statement (one round trip per
+        chunk, not two). Errors say why: unknown, expired, or busy with another request."""
+        if not _valid_id(upload_id):
+            raise BlobUploadUnknown({"upload": upload_id})
+        token, now = str(uuid.uuid4()), _now()
+        in_repo = select(Repository.id).where(Repository.name == repo).scalar_subquery()
         with reg.db.transaction(write=True) as session:
-            claimed = session.execute(
+            size = session.scalar(
                 update(Upload)
                 .where(
                     Upload.id == upload_id,
-                    Upload.size == size,
+                    Upload.repository_id == in_repo,
+                    Upload.updated_at >= now - timedelta(seconds=reg.settings.upload_max_age),
                     or_(Upload.writer.is_(None), Upload.writer_expires < now),
                 )
-                .values(writer=self._token, writer_expires=now + LEASE, updated_at=now)
-            ).rowcount  # type: ignore[attr-defined]
-        if not claimed:
+                .values(writer=token, writer_expires=now + LEASE, updated_at=now)
+                .returning(Upload.size)
+            )
+        if size is None:
+            status(reg, repo, upload_id)  # unknown or expired: its error says so
             raise RangeInvalid({"upload": upload_id}, message="upload busy or changed")
-        self._renewed = time.monotonic()
-        self._held = True
+        return cls(reg, upload_id, token), size
 
     def _mine(self) -> Any:
         return (Upload.id == self._id) & (Upload.writer == self._token)
@@ -157,10 +169,10 @@ class _LeaseLost(RangeInvalid):
 
 
 @contextlib.contextmanager
-def _leased(reg: Registry, upload_id: str, size: int) -> Iterator[_Lease]:
-    lease = _Lease(reg, upload_id, size)
+def _leased(reg: Registry, repo: str, upload_id: str) -> Iterator[tuple[_Lease, int]]:
+    lease, size = _Lease.claim(reg, repo, upload_id)
     try:
-        yield lease
+        yield lease, size
     finally:
         lease.release()
 
@@ -207,17 +219,25 @@ def append(
 ) -> UploadState:
     """Add one chunk. With a Content-Range it must start where the upload ends; either way
     the chunk lands whole or not at all (a disconnect leaves the upload as it was)."""
-    state = status(reg, repo, upload_id)
-    expected: int | None = content_length
-    if content_range is not None:
-        start_, end = content_range
-        if start_ != state.size or end < start_:
-            raise RangeInvalid({"range": f"{start_}-{end}", "size": state.size})
-        expected = end - start_ + 1
-        if content_length is not None and content_length != expected:
-            raise SizeInvalid({"content_length": content_length, "range_length": expected})
-    with _leased(reg, upload_id, state.size) as lease:
-        return _append_leased(reg, lease, upload_id, state, body, expected)
+    with _leased(reg, repo, upload_id) as (lease, size):
+        new_size = _write_chunk(reg, lease, upload_id, size, body, content_range, content_length)
+        lease.finish(new_size)
+    return UploadState(upload_id, new_size)
+
+
+def _chunk_length(
+    size: int, content_range: tuple[int, int] | None, content_length: int | None
+) -> int | None:
+    """How many bytes the chunk must have (None: whatever the body holds)."""
+    if content_range is None:
+        return content_length
+    start_, end = content_range
+    if start_ != size or end < start_:
+        raise RangeInvalid({"range": f"{start_}-{end}", "size": size})
+    expected = end - start_ + 1
+    if content_length is not None and content_length != expected:
+        raise SizeInvalid({"content_length": content_length, "range_length": expected})
+    return expected
 
 
 def _check_stored(reg: Registry, upload_id: str, size: int) -> None:
@@ -234,18 +254,22 @@ def _check_stored(reg: Registry, upload_id: str, size: int) -> None:
         reg.driver.truncate(path, size)
 
 
-def _append_leased(
+def _write_chunk(
     reg: Registry,
     lease: _Lease,
     upload_id: str,
-    state: UploadState,
+    size: int,
     body: BinaryIO,
-    expected: int | None,
-) -> UploadState:
+    content_range: tuple[int, int] | None,
+    content_length: int | None,
+) -> int:
+    """Stream one chunk onto the upload's bytes under the lease; returns the new size. The
+    caller records it (or publishes the blob) before letting the lease go."""
+    expected = _chunk_length(size, content_range, content_length)
     path = paths.upload_data(upload_id)
-    _check_stored(reg, upload_id, state.size)
-    hasher = _hashes.take(upload_id, state.size)
-    if hasher is None and state.size == 0:
+    _check_stored(reg, upload_id, size)
+    hasher = _hashes.take(upload_id, size)
+    if hasher is None and size == 0:
         hasher = Digest("sha256", "").hasher()
     written = 0
     writer = reg.driver.writer(path, append=True)
@@ -277,12 +301,11 @@ def _append_leased(
         raise BlobUploadInvalid({"upload": upload_id}, message="chunk not received whole") from exc
     finally:
         writer.close()
-    new_size = state.size + written
-    # Cached before the lease goes: nobody else can have written in between.
+    new_size = size + written
+    # Cached while the lease is held: nobody else can have written in between.
     if hasher is not None:
         _hashes.put(upload_id, new_size, hasher)
-    lease.finish(new_size)
-    return UploadState(upload_id, new_size)
+    return new_size
 
 
 def _hash_stored(reg: Registry, lease: _Lease, upload_id: str, size: int, digest: Digest):
@@ -309,21 +332,22 @@ def complete(
     content_length: int | None = None,
     origin: events.RequestInfo | None = None,
 ) -> UploadState:
-    """Take the last chunk, verify the digest over every byte, then make the blob visible."""
-    if body is not None:
-        state = append(reg, repo, upload_id, body, content_range, content_length)
-    else:
-        state = status(reg, repo, upload_id)
-    with _leased(reg, upload_id, state.size) as lease:
-        _check_stored(reg, upload_id, state.size)
-        hasher = _hash_stored(reg, lease, upload_id, state.size, digest)
+    """Take the last chunk, verify the digest over every byte, then make the blob visible;
+    one lease from the first byte of the last chunk to the publish."""
+    with _leased(reg, repo, upload_id) as (lease, size):
+        if body is not None:
+            size = _write_chunk(reg, lease, upload_id, size, body, content_range, content_length)
+        else:
+            _check_stored(reg, upload_id, size)
+        hasher = _hash_stored(reg, lease, upload_id, size, digest)
         if hasher.hexdigest() != digest.hex:  # type: ignore[attr-defined]
-            cancel(reg, repo, upload_id)
+            _forget(reg, upload_id)
+            lease.done()
             raise DigestInvalid({"digest": str(digest)})
-        _publish(reg, repo, upload_id, digest, state, origin)
+        _publish(reg, repo, upload_id, digest, size, origin)
         lease.done()  # the session row went with the publish
     _remove_bytes(reg, upload_id)
-    return state
+    return UploadState(upload_id, size)
 
 
 def _publish(
@@ -331,28 +355,32 @@ def _publish(
     repo: str,
     upload_id: str,
     digest: Digest,
-    state: UploadState,
+    size: int,
     origin: events.RequestInfo | None,
 ) -> None:
     """Link the verified blob into the repository and move its bytes into place."""
     target = paths.blob_data(digest)
     with reg.db.transaction(write=True) as session:
         repo_id = queries.ensure_repository(session, repo)
-        queries.link_blob(session, repo_id, str(digest), state.size)
+        queries.link_blob(session, repo_id, str(digest), size)
         # Under link_blob's digest lock: gc cannot delete these bytes before we commit.
         if reg.driver.exists(target):
             pass  # the same bytes are there already
-        elif state.size == 0:
+        elif size == 0:
             reg.driver.put_content(target, b"")  # an empty blob never got a chunk
         else:
             reg.driver.move(paths.upload_data(upload_id), target)
         session.execute(delete(Upload).where(Upload.id == upload_id))
-        push = events.blob_event("push", repo, str(digest), state.size, origin)
+        push = events.blob_event("push", repo, str(digest), size, origin)
         events.record(session, reg, [push])
 
 
 def cancel(reg: Registry, repo: str, upload_id: str) -> None:
     status(reg, repo, upload_id)
+    _forget(reg, upload_id)
+
+
+def _forget(reg: Registry, upload_id: str) -> None:
     with reg.db.transaction(write=True) as session:
         session.execute(delete(Upload).where(Upload.id == upload_id))
     _remove_bytes(reg, upload_id)

@@ -51,8 +51,11 @@ def check_path(path: str) -> str:
 
 class FileWriter(abc.ABC):
     """Writes bytes to one path: appended to what is there, or (append=False) to an emptied
-    file. Nothing is durable before commit(); cancel() drops every byte written through this
-    writer, leaving what was there when it opened (nothing, for append=False)."""
+    file. Nothing is kept before commit(); after it, every reader and the next writer see
+    the bytes. Surviving a power loss takes a move(), which is where an upload becomes a blob
+    (so a chunked upload pays for one fsync, not one per chunk). cancel() drops every byte
+    written through this writer, leaving what was there when it opened (nothing, for
+    append=False)."""
 
     @property
     @abc.abstractmethod
@@ -103,7 +106,7 @@ class StorageDriver(abc.ABC):
 
     @abc.abstractmethod
     def move(self, src: str, dst: str) -> None:
-        """Atomically replace dst with src."""
+        """Atomically replace dst with src; once it returns, dst's bytes survive a crash."""
 
     @abc.abstractmethod
     def delete(self, path: str) -> None:

@@ -1,4 +1,5 @@
-"""Blobs on local disk. Writes are fsynced before they count; moves are rename(2)."""
+"""Blobs on local disk. Moves are rename(2), with the file and its directory fsynced first:
+that is where bytes become a blob. Chunks of an upload are only flushed (see FileWriter)."""
 
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ class _FileWriter(FileWriter):
         return written
 
     def commit(self) -> None:
+        # No fsync per chunk: the upload's bytes are fsynced once, by move() at completion.
         self._file.flush()
-        os.fsync(self._file.fileno())
 
     def cancel(self) -> None:
         self._file.flush()
@@ -54,12 +55,13 @@ class _FileWriter(FileWriter):
         self._file.close()
 
 
-def _fsync_dir(directory: Path) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY)
+def _fsync(path: Path) -> None:
+    """Flush a file's bytes, or a directory's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
 
 
 class FilesystemDriver(StorageDriver):
@@ -134,9 +136,10 @@ class FilesystemDriver(StorageDriver):
         if not source.is_file():
             raise PathNotFound(src)
         self._make_parents(target)
+        _fsync(source)
         os.replace(source, target)
         # The rename is durable only once the directory entry is on disk.
-        _fsync_dir(target.parent)
+        _fsync(target.parent)
 
     def _make_parents(self, target: Path) -> None:
         """Create target's missing parent directories, each one's entry durable in its own
@@ -150,7 +153,7 @@ class FilesystemDriver(StorageDriver):
         for directory in reversed(missing):
             with contextlib.suppress(FileExistsError):  # another thread made it meanwhile
                 directory.mkdir()
-            _fsync_dir(directory.parent)
+            _fsync(directory.parent)
 
     def delete(self, path: str) -> None:
         target = self.full_path(path)

@@ -862,6 +862,30 @@ def test_filesystem_move_fsyncs_destination_directory(
     assert not (fs_driver.root / "src").exists()
 
 
+def test_filesystem_move_makes_chunks_durable(
+    fs_driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks are committed without fsync; the move that makes them a blob syncs the bytes
+    # before the rename, so a crash cannot leave a blob whose name points at lost data.
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    for chunk in (b"one", b"two"):
+        with fs_driver.writer("uploads/u1/data", append=True) as writer:
+            writer.write(chunk)
+            writer.commit()
+    assert synced == []
+    fs_driver.move("uploads/u1/data", "blobs/x/data")
+    source = str(fs_driver.root / "uploads/u1/data")
+    assert synced[-2:] == [source, str(fs_driver.root / "blobs/x")]
+    assert fs_driver.get_content("blobs/x/data") == b"onetwo"
+
+
 def test_filesystem_move_makes_new_directories_durable(
     fs_driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -881,11 +905,11 @@ def test_filesystem_move_makes_new_directories_durable(
     expected = [root, root / "blobs", root / "blobs/sha256", root / "blobs/sha256/ab"]
     for directory in [*expected, root / "blobs/sha256/ab/abcd"]:
         assert str(directory) in synced, f"{directory} not fsynced: {synced}"
-    # Moving next to an existing blob creates nothing and fsyncs only the target directory.
+    # Moving next to an existing blob creates nothing: it fsyncs the file and its directory.
     fs_driver.put_content("uploads/u2/data", b"blob2")
     synced.clear()
     fs_driver.move("uploads/u2/data", "blobs/sha256/ab/abcd/data2")
-    assert synced == [str(root / "blobs/sha256/ab/abcd")]
+    assert synced == [str(root / "uploads/u2/data"), str(root / "blobs/sha256/ab/abcd")]
 
 
 def test_filesystem_root_is_created(tmp_path: Path) -> None:

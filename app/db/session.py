@@ -3,6 +3,8 @@ transaction stays open while blob bytes stream."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +21,22 @@ def engine_url(url: str) -> str:
     return url
 
 
+def _set_wal(cursor: Any) -> None:
+    """WAL mode sticks to the file, so this is a no-op after the first time; but the check
+    can meet SQLITE_BUSY without the busy handler being asked (another process is resetting
+    the WAL as its last connection closes), so it is retried for a while, not failed."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -27,7 +45,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cursor = dbapi_conn.cursor()
         # The timeout first: switching to WAL itself needs a lock another process may hold.
         cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _set_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
@@ -43,11 +61,14 @@ def _sqlite_setup(engine: Engine) -> None:
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url = engine_url(url)
+        # A connection for each of a worker's threads (8 by default) and its background
+        # jobs, kept open: an overflow connection is made and closed on every busy request.
+        pool = {"pool_size": 10, "max_overflow": 5}
         if url.startswith("sqlite"):
-            self.engine = create_engine(url)
+            self.engine = create_engine(url, **pool)
             _sqlite_setup(self.engine)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            self.engine = create_engine(url, pool_pre_ping=True, **pool)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

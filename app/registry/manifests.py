@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 
 from app.db import locks, queries
 from app.db.models import Manifest, ManifestReference, Tag, utcnow
@@ -127,6 +127,11 @@ class StoredManifest:
     subject: str | None = None
 
 
+_MANIFEST_ID = select(Manifest.id).where(
+    Manifest.repository_id == bindparam("repo_id"), Manifest.digest == bindparam("digest")
+)
+
+
 def put(
     reg: Registry,
     repo: str,
@@ -167,20 +172,12 @@ def put(
             "created_at": utcnow(),
         }
         queries.insert_ignore(session, Manifest, values, ["repository_id", "digest"])
-        manifest_id = session.scalar(
-            select(Manifest.id).where(
-                Manifest.repository_id == repo_id, Manifest.digest == str(digest)
-            )
-        )
+        manifest_id = session.scalar(_MANIFEST_ID, {"repo_id": repo_id, "digest": str(digest)})
         refs = [(d, "blob") for d in dict.fromkeys(parsed.blobs)]
         refs += [(d, "manifest") for d in dict.fromkeys(parsed.manifests)]
-        for child, kind in refs:
-            queries.insert_ignore(
-                session,
-                ManifestReference,
-                {"manifest_id": manifest_id, "digest": child, "kind": kind},
-                ["manifest_id", "digest"],
-            )
+        if refs:
+            rows = [{"manifest_id": manifest_id, "digest": d, "kind": k} for d, k in refs]
+            queries.insert_ignore(session, ManifestReference, rows, ["manifest_id", "digest"])
         if tag is not None:
             queries.upsert(
                 session,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 
 from app.db import queries
 from app.db.models import Repository, Upload
@@ -38,6 +38,43 @@ CHUNK = 1024 * 1024
 # How long a writer keeps an upload without renewing; it renews every quarter of this.
 LEASE = timedelta(seconds=15)
 log = logging.getLogger(__name__)
+
+# Every request of a push runs these: built once (app/db/queries.py says why).
+_UPLOAD = Upload.__table__
+_MINE = (_UPLOAD.c.id == bindparam("upload")) & (_UPLOAD.c.writer == bindparam("token"))
+_CLAIM = (
+    update(_UPLOAD)
+    .where(
+        _UPLOAD.c.id == bindparam("upload"),
+        _UPLOAD.c.repository_id == queries.REPOSITORY_ID.scalar_subquery(),
+        _UPLOAD.c.updated_at >= bindparam("oldest"),
+        or_(_UPLOAD.c.writer.is_(None), _UPLOAD.c.writer_expires < bindparam("at")),
+    )
+    .values(
+        writer=bindparam("token"), writer_expires=bindparam("expires"), updated_at=bindparam("at")
+    )
+    .returning(_UPLOAD.c.size)
+)
+_RENEW = (
+    update(_UPLOAD)
+    .where(_MINE)
+    .values(writer_expires=bindparam("expires"), updated_at=bindparam("at"))
+)
+_FINISH = (
+    update(_UPLOAD)
+    .where(_MINE)
+    .values(
+        size=bindparam("new_size"), updated_at=bindparam("at"), writer=None, writer_expires=None
+    )
+)
+_RELEASE = update(_UPLOAD).where(_MINE).values(writer=None, writer_expires=None)
+_START = insert(_UPLOAD)
+_STATUS = (
+    select(_UPLOAD.c.size, _UPLOAD.c.updated_at)
+    .join(Repository.__table__, Repository.id == _UPLOAD.c.repository_id)
+    .where(_UPLOAD.c.id == bindparam("upload"), Repository.name == bindparam("repo"))
+)
+_FORGET = delete(_UPLOAD).where(_UPLOAD.c.id == bindparam("upload"))
 
 
 @dataclass(frozen=True)
@@ -103,26 +140,23 @@ class _Lease:
         if not _valid_id(upload_id):
             raise BlobUploadUnknown({"upload": upload_id})
         token, now = str(uuid.uuid4()), _now()
-        in_repo = select(Repository.id).where(Repository.name == repo).scalar_subquery()
+        params = {
+            "upload": upload_id,
+            "repo": repo,
+            "oldest": now - timedelta(seconds=reg.settings.upload_max_age),
+            "at": now,
+            "token": token,
+            "expires": now + LEASE,
+        }
         with reg.db.transaction(write=True) as session:
-            size = session.scalar(
-                update(Upload)
-                .where(
-                    Upload.id == upload_id,
-                    Upload.repository_id == in_repo,
-                    Upload.updated_at >= now - timedelta(seconds=reg.settings.upload_max_age),
-                    or_(Upload.writer.is_(None), Upload.writer_expires < now),
-                )
-                .values(writer=token, writer_expires=now + LEASE, updated_at=now)
-                .returning(Upload.size)
-            )
+            size = session.scalar(_CLAIM, params)
         if size is None:
             status(reg, repo, upload_id)  # unknown or expired: its error says so
             raise RangeInvalid({"upload": upload_id}, message="upload busy or changed")
         return cls(reg, upload_id, token), size
 
-    def _mine(self) -> Any:
-        return (Upload.id == self._id) & (Upload.writer == self._token)
+    def _mine(self, **values: Any) -> dict[str, Any]:
+        return {"upload": self._id, "token": self._token, **values}
 
     def renew(self) -> None:
         """Called while bytes stream: extends the lease (and the session's idle clock)."""
@@ -130,11 +164,7 @@ class _Lease:
             return
         now = _now()
         with self._reg.db.transaction(write=True) as session:
-            kept = session.execute(
-                update(Upload)
-                .where(self._mine())
-                .values(writer_expires=now + LEASE, updated_at=now)
-            ).rowcount  # type: ignore[attr-defined]
+            kept = session.execute(_RENEW, self._mine(expires=now + LEASE, at=now)).rowcount  # type: ignore[attr-defined]
         if not kept:
             raise _LeaseLost(self._id)
         self._renewed = time.monotonic()
@@ -142,11 +172,7 @@ class _Lease:
     def finish(self, size: int) -> None:
         """Record the new size and let go, in one statement."""
         with self._reg.db.transaction(write=True) as session:
-            kept = session.execute(
-                update(Upload)
-                .where(self._mine())
-                .values(size=size, updated_at=_now(), writer=None, writer_expires=None)
-            ).rowcount  # type: ignore[attr-defined]
+            kept = session.execute(_FINISH, self._mine(new_size=size, at=_now())).rowcount  # type: ignore[attr-defined]
         if not kept:
             raise _LeaseLost(self._id)
         self.done()
@@ -159,9 +185,7 @@ class _Lease:
         if not self._held:
             return
         with self._reg.db.transaction(write=True) as session:
-            session.execute(
-                update(Upload).where(self._mine()).values(writer=None, writer_expires=None)
-            )
+            session.execute(_RELEASE, self._mine())
 
 
 class _LeaseLost(RangeInvalid):
@@ -182,7 +206,7 @@ def start(reg: Registry, repo: str) -> UploadState:
     upload_id = str(uuid.uuid4())
     with reg.db.transaction(write=True) as session:
         repo_id = queries.ensure_repository(session, repo)
-        session.add(Upload(id=upload_id, repository_id=repo_id, size=0))
+        session.execute(_START, {"id": upload_id, "repository_id": repo_id, "size": 0})
     return UploadState(upload_id, 0)
 
 
@@ -197,11 +221,7 @@ def status(reg: Registry, repo: str, upload_id: str) -> UploadState:
     if not _valid_id(upload_id):
         raise BlobUploadUnknown({"upload": upload_id})
     with reg.db.transaction() as session:
-        row = session.execute(
-            select(Upload.size, Upload.updated_at)
-            .join(Repository, Repository.id == Upload.repository_id)
-            .where(Upload.id == upload_id, Repository.name == repo)
-        ).first()
+        row = session.execute(_STATUS, {"upload": upload_id, "repo": repo}).first()
     if row is None:
         raise BlobUploadUnknown({"upload": upload_id})
     if _now() - _aware(row.updated_at) > timedelta(seconds=reg.settings.upload_max_age):
@@ -370,7 +390,7 @@ def _publish(
             reg.driver.put_content(target, b"")  # an empty blob never got a chunk
         else:
             reg.driver.move(paths.upload_data(upload_id), target)
-        session.execute(delete(Upload).where(Upload.id == upload_id))
+        session.execute(_FORGET, {"upload": upload_id})
         push = events.blob_event("push", repo, str(digest), size, origin)
         events.record(session, reg, [push])
 
@@ -382,7 +402,7 @@ def cancel(reg: Registry, repo: str, upload_id: str) -> None:
 
 def _forget(reg: Registry, upload_id: str) -> None:
     with reg.db.transaction(write=True) as session:
-        session.execute(delete(Upload).where(Upload.id == upload_id))
+        session.execute(_FORGET, {"upload": upload_id})
     _remove_bytes(reg, upload_id)
 
 

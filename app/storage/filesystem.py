@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
@@ -133,18 +134,29 @@ class FilesystemDriver(StorageDriver):
 
     def move(self, src: str, dst: str) -> None:
         source, target = self.full_path(src), self.full_path(dst)
-        if not source.is_file():
-            raise PathNotFound(src)
-        self._make_parents(target)
-        _fsync(source)
+        try:
+            fd = os.open(source, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise PathNotFound(src) from exc
+        try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise PathNotFound(src)
+            created = self._make_parents(target)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(source, target)
-        # The rename is durable only once the directory entry is on disk.
+        # The rename, and each new directory, is durable only once its entry is on disk.
+        # The new directories were made before the file's fsync: a journalling filesystem
+        # writes them down with it, and these later fsyncs of their parents are cheap.
         _fsync(target.parent)
+        for directory in created:
+            _fsync(directory.parent)
 
-    def _make_parents(self, target: Path) -> None:
-        """Create target's missing parent directories, each one's entry durable in its own
-        parent: after a crash a renamed-in blob must not vanish with a directory that was
-        never written down."""
+    def _make_parents(self, target: Path) -> list[Path]:
+        """Create target's missing parent directories (deepest first in the list returned);
+        the caller makes their entries durable: after a crash a renamed-in blob must not
+        vanish with a directory that was never written down."""
         missing = []
         parent = target.parent
         while not parent.is_dir() and parent != self.root:
@@ -153,15 +165,18 @@ class FilesystemDriver(StorageDriver):
         for directory in reversed(missing):
             with contextlib.suppress(FileExistsError):  # another thread made it meanwhile
                 directory.mkdir()
-            _fsync(directory.parent)
+        return missing
 
     def delete(self, path: str) -> None:
         target = self.full_path(path)
         try:
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
+            try:
                 target.unlink()
+            except IsADirectoryError:
+                try:
+                    target.rmdir()  # an upload's directory is empty once its blob moved out
+                except OSError:
+                    shutil.rmtree(target)
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise PathNotFound(path) from exc
 

@@ -53,6 +53,7 @@ def serve(bind: str, workers: int | None) -> None:
         "--bind", bind,
         "--workers", str(workers),
         "--log-level", settings.log_level.lower(),
+        *(["--access-logfile", "-"] if settings.access_log else []),
         "app.wsgi:app",
     ]  # fmt: skip
     os.execv(sys.executable, argv)

@@ -45,6 +45,8 @@ class Settings:
     upload_purge_interval: int = 3600
     max_manifest_size: int = 4 * 1024 * 1024
     log_level: str = "info"
+    # One line per request on stdout (gunicorn's access log); off saves ~10% CPU on small GETs.
+    access_log: bool = True
     # Access control (app/registry/access.py): "none" keeps the registry open, as before.
     auth: str = "none"
     auth_realm: str = "Berth Registry"

@@ -19,7 +19,7 @@ threads = int(os.environ.get("BERTH_THREADS", "8"))
 timeout = 120
 graceful_timeout = 30
 keepalive = 75
-accesslog = "-"
+# Access log: `berth serve` adds --access-logfile - unless access_log is off.
 errorlog = "-"
 # Blob GETs go out with sendfile through wsgi.file_wrapper. Leave `sendfile` unset: gunicorn
 # reads ANY value given to it, True included, as --no-sendfile.

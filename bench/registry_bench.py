@@ -164,6 +164,8 @@ def start_berth(workdir: Path, workers: int | None, database_url: str | None) ->
         "BERTH_STORAGE_ROOT": str(workdir / "storage"),
         "BERTH_DATABASE_URL": database_url or f"sqlite:///{workdir / 'berth.db'}",
         "BERTH_LOG_LEVEL": "warning",
+        # As the reference is configured above: no access log.
+        "BERTH_ACCESS_LOG": "false",
     }
     argv = [str(Path(sys.executable).parent / "berth"), "serve", "--bind", f"127.0.0.1:{port}"]
     if workers:

@@ -164,7 +164,7 @@ LINKED_BLOB_SIZE = (
 # Tag names are never empty, so `> ""` is "from the start"; the limit is always bound.
 TAG_PAGE = (
     select(Tag.name)
-    .where(Tag.repository_id == bindparam("repo_id"), Tag.name > bindparam("last"))
+    .where(Tag.repository_id == REPOSITORY_ID.scalar_subquery(), Tag.name > bindparam("last"))
     .order_by(Tag.name)
     .limit(bindparam("limit"))
 )

@@ -54,7 +54,10 @@ def _sqlite_setup(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         # A writer takes the write lock up front: a deferred transaction that upgrades
         # later fails with SQLITE_BUSY instead of waiting when another writer got there.
-        mode = "IMMEDIATE" if conn.get_execution_options().get("berth_write") else "DEFERRED"
+        options = conn.get_execution_options()
+        if options.get("berth_autocommit"):
+            return  # Database.read(): each statement reads on its own, no BEGIN round trip
+        mode = "IMMEDIATE" if options.get("berth_write") else "DEFERRED"
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
@@ -70,6 +73,7 @@ class Database:
         else:
             self.engine = create_engine(url, pool_pre_ping=True, **pool)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reader = self.engine.execution_options(berth_autocommit=True)
 
     @property
     def dialect(self) -> str:
@@ -89,9 +93,10 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A read-only transaction on a plain connection: the hot GET/HEAD paths skip the
-        ORM session's bookkeeping. Rolled back (nothing to keep) when the block ends."""
-        with self.engine.connect() as connection:
+        """Reads on a plain connection: the hot GET/HEAD paths skip the ORM session's
+        bookkeeping, and on SQLite the BEGIN (each statement is its own snapshot, so a block
+        of several statements must not rely on them agreeing). Nothing to keep at the end."""
+        with self._reader.connect() as connection:
             yield connection
 
     def dispose(self) -> None:

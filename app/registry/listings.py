@@ -12,14 +12,15 @@ from app.registry.references import Digest
 
 
 def tags(reg: Registry, repo: str, last: str | None, limit: int | None) -> list[str]:
+    page = {"repo": repo, "last": last or "", "limit": queries.NO_LIMIT}
+    if limit is not None:
+        page["limit"] = limit
     with reg.db.read() as connection:
-        repo_id = connection.scalar(queries.REPOSITORY_ID, {"repo": repo})
-        if repo_id is None:
+        names = connection.scalars(queries.TAG_PAGE, page).all()
+        # An empty page: past the last tag, no tags, or no such repository.
+        if not names and connection.scalar(queries.REPOSITORY_ID, {"repo": repo}) is None:
             raise NameUnknown({"name": repo})
-        page = {"repo_id": repo_id, "last": last or "", "limit": queries.NO_LIMIT}
-        if limit is not None:
-            page["limit"] = limit
-        return list(connection.scalars(queries.TAG_PAGE, page))
+    return names
 
 
 def catalog(reg: Registry, last: str | None, limit: int | None) -> list[str]:

@@ -12,8 +12,9 @@ import threading
 import time
 from typing import Any
 
-# BERTH_WORKER_CLASS=sync is there to measure against (docs/performance.md); gthread stays.
-worker_class = os.environ.get("BERTH_WORKER_CLASS", "gthread")
+# gthread, balanced across workers (app/gunicorn_worker.py). BERTH_WORKER_CLASS=sync or
+# gthread is there to measure against (docs/performance.md).
+worker_class = os.environ.get("BERTH_WORKER_CLASS", "app.gunicorn_worker.BalancedThreadWorker")
 threads = int(os.environ.get("BERTH_THREADS", "8"))
 # Uploads stream for as long as they take; the timeout only catches a wedged worker loop.
 timeout = 120

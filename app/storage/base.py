@@ -117,6 +117,12 @@ class StorageDriver(abc.ABC):
         """Cut a file back to size bytes (drops a partial write a crash left behind);
         a size beyond the end is InvalidOffset."""
 
+    def sync(self, path: str) -> None:
+        """Make a committed file survive a power loss now. move() does this itself; calling
+        it first keeps the wait (long, for a big layer) out of a caller's critical section.
+        Drivers whose commit() is already durable (object stores) have nothing to do."""
+        return None
+
     def redirect_url(self, path: str, method: str = "GET") -> str | None:
         """A URL the client may fetch the bytes from directly; None: serve them yourself."""
         return None

@@ -132,6 +132,12 @@ class FilesystemDriver(StorageDriver):
         prefix = "" if path in ("", "/") else path + "/"
         return [prefix + name for name in names if not name.startswith(".")]
 
+    def sync(self, path: str) -> None:
+        try:
+            _fsync(self.full_path(path))
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise PathNotFound(path) from exc
+
     def move(self, src: str, dst: str) -> None:
         source, target = self.full_path(src), self.full_path(dst)
         try:

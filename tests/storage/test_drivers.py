@@ -887,6 +887,26 @@ def test_filesystem_move_makes_chunks_durable(
     assert fs_driver.get_content("blobs/x/data") == b"onetwo"
 
 
+def test_filesystem_sync_fsyncs_the_file(
+    fs_driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    with fs_driver.writer("uploads/u1/data") as writer:
+        writer.write(b"layer")
+        writer.commit()
+    monkeypatch.setattr(os, "fsync", spy)
+    fs_driver.sync("uploads/u1/data")
+    assert synced == [str(fs_driver.root / "uploads/u1/data")]
+    with pytest.raises(PathNotFound):
+        fs_driver.sync("uploads/u2/data")
+
+
 def test_filesystem_move_makes_new_directories_durable(
     fs_driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,10 +4,12 @@ that is where bytes become a blob. Chunks of an upload are only flushed (see Fil
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,12 +29,31 @@ os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
 
 
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2), which os does not wrap; None elsewhere."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return function  # type: ignore[no-any-return]
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+# While a layer streams in, the disk is asked to start writing every this many bytes, so
+# that the fsync at completion waits for the last few MiB, not the whole layer (a 64 MiB
+# layer's fsync took ~80 ms here; pushes of 4 x 64 MiB went ~170 -> ~210 MB/s without it).
+WRITEBACK_EVERY = 8 * 1024 * 1024
+
+
 class _FileWriter(FileWriter):
     def __init__(self, target: Path, append: bool) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(target, "ab" if append else "wb")  # noqa: SIM115 - closed in close()
         self._start = self._file.tell()
         self._size = self._start
+        self._written_back = self._start
 
     @property
     def size(self) -> int:
@@ -41,6 +62,14 @@ class _FileWriter(FileWriter):
     def write(self, data: bytes) -> int:
         written = self._file.write(data)
         self._size += written
+        if _sync_file_range and self._size - self._written_back >= WRITEBACK_EVERY:
+            # Start writeback (no waiting, no durability promise: move() still fsyncs).
+            self._file.flush()
+            pending = self._size - self._written_back
+            _sync_file_range(
+                self._file.fileno(), self._written_back, pending, _SYNC_FILE_RANGE_WRITE
+            )
+            self._written_back = self._size
         return written
 
     def commit(self) -> None:

@@ -887,6 +887,31 @@ def test_filesystem_move_makes_chunks_durable(
     assert fs_driver.get_content("blobs/x/data") == b"onetwo"
 
 
+def test_filesystem_writer_starts_writeback_as_bytes_stream(
+    fs_driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long upload asks the disk to write what it has every WRITEBACK_EVERY bytes, so the
+    # fsync at completion has little left to wait for. Ranges follow on from the old end.
+    from app.storage import filesystem
+
+    assert filesystem._sync_file_range is not None, "Linux has sync_file_range"
+    monkeypatch.setattr(filesystem, "WRITEBACK_EVERY", 1000)
+    ranges: list[tuple[int, int]] = []
+
+    def record(fd: int, offset: int, length: int, flags: int) -> int:
+        ranges.append((offset, length))
+        return 0
+
+    monkeypatch.setattr(filesystem, "_sync_file_range", record)
+    fs_driver.put_content("uploads/u1/data", b"x" * 100)
+    with fs_driver.writer("uploads/u1/data", append=True) as writer:
+        for _ in range(5):
+            writer.write(b"y" * 600)
+        writer.commit()
+    assert ranges == [(100, 1200), (1300, 1200)]
+    assert fs_driver.get_content("uploads/u1/data") == b"x" * 100 + b"y" * 3000
+
+
 def test_filesystem_sync_fsyncs_the_file(
     fs_driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -136,6 +136,9 @@ class Upload(Base):
     # The one request allowed to write the upload's bytes, until its lease runs out.
     writer: Mapped[str | None] = mapped_column(String(36))
     writer_expires: Mapped[datetime | None] = mapped_column(Timestamp)
+    # sha256 of the first `size` bytes (None: not known), recorded with each chunk, so that
+    # completing an upload needs no second read of its bytes, whichever worker takes it.
+    sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class NotificationEvent(Base):

@@ -53,7 +53,7 @@ _CLAIM = (
     .values(
         writer=bindparam("token"), writer_expires=bindparam("expires"), updated_at=bindparam("at")
     )
-    .returning(_UPLOAD.c.size)
+    .returning(_UPLOAD.c.size, _UPLOAD.c.sha256)
 )
 _RENEW = (
     update(_UPLOAD)
@@ -64,7 +64,11 @@ _FINISH = (
     update(_UPLOAD)
     .where(_MINE)
     .values(
-        size=bindparam("new_size"), updated_at=bindparam("at"), writer=None, writer_expires=None
+        size=bindparam("new_size"),
+        sha256=bindparam("new_sha256"),
+        updated_at=bindparam("at"),
+        writer=None,
+        writer_expires=None,
     )
 )
 _RELEASE = update(_UPLOAD).where(_MINE).values(writer=None, writer_expires=None)
@@ -81,6 +85,7 @@ _FORGET = delete(_UPLOAD).where(_UPLOAD.c.id == bindparam("upload"))
 class UploadState:
     id: str
     size: int
+    sha256: str | None = None  # of those `size` bytes, when known
 
 
 class _HashCache:
@@ -134,9 +139,9 @@ class _Lease:
         self._held = True
 
     @classmethod
-    def claim(cls, reg: Registry, repo: str, upload_id: str) -> tuple[_Lease, int]:
-        """Take the lease and read the upload's size in one statement (one round trip per
-        chunk, not two). Errors say why: unknown, expired, or busy with another request."""
+    def claim(cls, reg: Registry, repo: str, upload_id: str) -> tuple[_Lease, UploadState]:
+        """Take the lease and read where the upload stands in one statement (one round trip
+        per chunk, not two). Errors say why: unknown, expired, or busy with another request."""
         if not _valid_id(upload_id):
             raise BlobUploadUnknown({"upload": upload_id})
         token, now = str(uuid.uuid4()), _now()
@@ -149,11 +154,11 @@ class _Lease:
             "expires": now + LEASE,
         }
         with reg.db.transaction(write=True) as session:
-            size = session.scalar(_CLAIM, params)
-        if size is None:
+            row = session.execute(_CLAIM, params).first()
+        if row is None:
             status(reg, repo, upload_id)  # unknown or expired: its error says so
             raise RangeInvalid({"upload": upload_id}, message="upload busy or changed")
-        return cls(reg, upload_id, token), size
+        return cls(reg, upload_id, token), UploadState(upload_id, row.size, row.sha256)
 
     def _mine(self, **values: Any) -> dict[str, Any]:
         return {"upload": self._id, "token": self._token, **values}
@@ -169,10 +174,11 @@ class _Lease:
             raise _LeaseLost(self._id)
         self._renewed = time.monotonic()
 
-    def finish(self, size: int) -> None:
-        """Record the new size and let go, in one statement."""
+    def finish(self, state: UploadState) -> None:
+        """Record the new size (and digest) and let go, in one statement."""
+        values = self._mine(new_size=state.size, new_sha256=state.sha256, at=_now())
         with self._reg.db.transaction(write=True) as session:
-            kept = session.execute(_FINISH, self._mine(new_size=size, at=_now())).rowcount  # type: ignore[attr-defined]
+            kept = session.execute(_FINISH, values).rowcount  # type: ignore[attr-defined]
         if not kept:
             raise _LeaseLost(self._id)
         self.done()
@@ -193,10 +199,10 @@ class _LeaseLost(RangeInvalid):
 
 
 @contextlib.contextmanager
-def _leased(reg: Registry, repo: str, upload_id: str) -> Iterator[tuple[_Lease, int]]:
-    lease, size = _Lease.claim(reg, repo, upload_id)
+def _leased(reg: Registry, repo: str, upload_id: str) -> Iterator[tuple[_Lease, UploadState]]:
+    lease, state = _Lease.claim(reg, repo, upload_id)
     try:
-        yield lease, size
+        yield lease, state
     finally:
         lease.release()
 
@@ -239,10 +245,10 @@ def append(
 ) -> UploadState:
     """Add one chunk. With a Content-Range it must start where the upload ends; either way
     the chunk lands whole or not at all (a disconnect leaves the upload as it was)."""
-    with _leased(reg, repo, upload_id) as (lease, size):
-        new_size = _write_chunk(reg, lease, upload_id, size, body, content_range, content_length)
-        lease.finish(new_size)
-    return UploadState(upload_id, new_size)
+    with _leased(reg, repo, upload_id) as (lease, state):
+        state = _write_chunk(reg, lease, state, body, content_range, content_length)
+        lease.finish(state)
+    return state
 
 
 def _chunk_length(
@@ -277,14 +283,14 @@ def _check_stored(reg: Registry, upload_id: str, size: int) -> None:
 def _write_chunk(
     reg: Registry,
     lease: _Lease,
-    upload_id: str,
-    size: int,
+    state: UploadState,
     body: BinaryIO,
     content_range: tuple[int, int] | None,
     content_length: int | None,
-) -> int:
-    """Stream one chunk onto the upload's bytes under the lease; returns the new size. The
-    caller records it (or publishes the blob) before letting the lease go."""
+) -> UploadState:
+    """Stream one chunk onto the upload's bytes under the lease; returns where the upload
+    stands then. The caller records it (or publishes the blob) before the lease goes."""
+    upload_id, size = state.id, state.size
     expected = _chunk_length(size, content_range, content_length)
     path = paths.upload_data(upload_id)
     _check_stored(reg, upload_id, size)
@@ -322,24 +328,29 @@ def _write_chunk(
     finally:
         writer.close()
     new_size = size + written
+    if hasher is None:
+        return UploadState(upload_id, new_size)
     # Cached while the lease is held: nobody else can have written in between.
-    if hasher is not None:
-        _hashes.put(upload_id, new_size, hasher)
-    return new_size
+    _hashes.put(upload_id, new_size, hasher)
+    return UploadState(upload_id, new_size, hasher.hexdigest())  # type: ignore[attr-defined]
 
 
-def _hash_stored(reg: Registry, lease: _Lease, upload_id: str, size: int, digest: Digest):
-    hasher = _hashes.take(upload_id, size) if digest.algorithm == "sha256" else None
-    if hasher is not None:
-        return hasher
+def _digest_of(reg: Registry, lease: _Lease, state: UploadState, digest: Digest) -> str:
+    """The hex digest of the upload's bytes in digest's algorithm: the sha256 recorded with
+    the last chunk (any worker wrote it), this worker's running hash, or a read of them."""
+    if digest.algorithm == "sha256":
+        if state.sha256 is not None:
+            return state.sha256
+        hasher = _hashes.take(state.id, state.size)
+        if hasher is not None:
+            return hasher.hexdigest()  # type: ignore[attr-defined,no-any-return]
     hasher = digest.hasher()
-    if size == 0:
-        return hasher
-    with reg.driver.reader(paths.upload_data(upload_id)) as stream:
-        while data := stream.read(CHUNK):
-            hasher.update(data)
-            lease.renew()
-    return hasher
+    if state.size:
+        with reg.driver.reader(paths.upload_data(state.id)) as stream:
+            while data := stream.read(CHUNK):
+                hasher.update(data)
+                lease.renew()
+    return hasher.hexdigest()  # type: ignore[attr-defined,no-any-return]
 
 
 def complete(
@@ -354,24 +365,23 @@ def complete(
 ) -> UploadState:
     """Take the last chunk, verify the digest over every byte, then make the blob visible;
     one lease from the first byte of the last chunk to the publish."""
-    with _leased(reg, repo, upload_id) as (lease, size):
+    with _leased(reg, repo, upload_id) as (lease, state):
         if body is not None:
-            size = _write_chunk(reg, lease, upload_id, size, body, content_range, content_length)
+            state = _write_chunk(reg, lease, state, body, content_range, content_length)
         else:
-            _check_stored(reg, upload_id, size)
-        hasher = _hash_stored(reg, lease, upload_id, size, digest)
-        if hasher.hexdigest() != digest.hex:  # type: ignore[attr-defined]
+            _check_stored(reg, upload_id, state.size)
+        if _digest_of(reg, lease, state, digest) != digest.hex:
             _forget(reg, upload_id)
             lease.done()
             raise DigestInvalid({"digest": str(digest)})
-        if size:
+        if state.size:
             # The bytes reach the disk before the publish transaction, which holds SQLite's
             # write lock (and gc's digest lock): a 64 MiB layer's fsync takes ~80 ms here.
             reg.driver.sync(paths.upload_data(upload_id))
-        _publish(reg, repo, upload_id, digest, size, origin)
+        _publish(reg, repo, upload_id, digest, state.size, origin)
         lease.done()  # the session row went with the publish
     _remove_bytes(reg, upload_id)
-    return UploadState(upload_id, size)
+    return state
 
 
 def _publish(

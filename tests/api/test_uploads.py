@@ -337,3 +337,58 @@ def test_lost_upload_bytes_are_reported_not_guessed(app: Flask, registry: Regist
     response = registry.http.put(f"{location}?digest={sha256(b'0123456789')}")
     assert response.status_code == 400
     assert registry.http.head(f"/v2/team/app/blobs/{sha256(b'0123456789')}").status_code == 404
+
+
+def _count_reads(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    reads: list[str] = []
+    driver = app.extensions["berth"].driver
+    real_reader = driver.reader
+
+    def reader(path: str, offset: int = 0):  # type: ignore[no-untyped-def]
+        reads.append(path)
+        return real_reader(path, offset)
+
+    monkeypatch.setattr(driver, "reader", reader)
+    return reads
+
+
+def test_put_on_another_worker_verifies_without_reading_the_bytes_again(
+    app: Flask, registry: RegistryClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The PATCH records the sha256 of what it wrote; a PUT anywhere checks against that.
+    # (A fresh _HashCache is what a PUT on another worker or instance sees.)
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    location = registry.start_upload("team/app")
+    assert registry.http.patch(location, data=data).status_code == 202
+    monkeypatch.setattr(uploads, "_hashes", uploads._HashCache())
+    reads = _count_reads(app, monkeypatch)
+    response = registry.http.put(f"{location}?digest={sha256(b'not it')}")
+    assert error_codes(response) == ["DIGEST_INVALID"]
+    location = registry.start_upload("team/app")
+    assert registry.http.patch(location, data=data).status_code == 202
+    monkeypatch.setattr(uploads, "_hashes", uploads._HashCache())
+    assert registry.http.put(f"{location}?digest={sha256(data)}").status_code == 201
+    assert reads == []
+    assert registry.http.get(f"/v2/team/app/blobs/{sha256(data)}").data == data
+
+
+def test_chunks_across_workers_are_verified_from_the_stored_bytes(
+    app: Flask, registry: RegistryClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunk two lands where chunk one's running hash is unknown: nothing can be recorded,
+    # so the PUT hashes the stored bytes, and still refuses a wrong digest.
+    location = registry.start_upload("team/app")
+    headers = {"Content-Type": "application/octet-stream"}
+    registry.http.patch(location, data=b"first ", headers={**headers, "Content-Range": "0-5"})
+    monkeypatch.setattr(uploads, "_hashes", uploads._HashCache())
+    registry.http.patch(location, data=b"second", headers={**headers, "Content-Range": "6-11"})
+    reads = _count_reads(app, monkeypatch)
+    response = registry.http.put(f"{location}?digest={sha256(b'first other')}")
+    assert error_codes(response) == ["DIGEST_INVALID"]
+    assert len(reads) == 1
+    location = registry.start_upload("team/app")
+    registry.http.patch(location, data=b"first ", headers={**headers, "Content-Range": "0-5"})
+    monkeypatch.setattr(uploads, "_hashes", uploads._HashCache())
+    registry.http.patch(location, data=b"second", headers={**headers, "Content-Range": "6-11"})
+    assert registry.http.put(f"{location}?digest={sha256(b'first second')}").status_code == 201
+    assert len(reads) == 2

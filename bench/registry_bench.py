@@ -138,10 +138,10 @@ class Target:
 
     @property
     def host(self) -> str:
-        return self.url.removeprefix("http://")
+        return self.url.split("://", 1)[1]
 
     def pids(self) -> list[int]:
-        return process_tree(self.proc.pid)
+        return [pid for proc in [self.proc, *self.extra_procs] for pid in process_tree(proc.pid)]
 
     def stop(self) -> None:
         for proc in [*self.extra_procs, self.proc]:
@@ -173,7 +173,12 @@ def start_reference(workdir: Path) -> Target:
     return Target("reference", url, proc, workdir)
 
 
-def start_berth(workdir: Path, workers: int | None, database_url: str | None) -> Target:
+def start_berth(
+    workdir: Path,
+    workers: int | None,
+    database_url: str | None,
+    extra_env: dict[str, str] | None = None,
+) -> Target:
     port = free_port()
     env = {
         **os.environ,
@@ -182,6 +187,7 @@ def start_berth(workdir: Path, workers: int | None, database_url: str | None) ->
         "BERTH_LOG_LEVEL": "warning",
         # As the reference is configured above: no access log.
         "BERTH_ACCESS_LOG": "false",
+        **(extra_env or {}),
     }
     argv = [str(Path(sys.executable).parent / "berth"), "serve", "--bind", f"127.0.0.1:{port}"]
     if workers:
@@ -193,6 +199,31 @@ def start_berth(workdir: Path, workers: int | None, database_url: str | None) ->
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc)
     return Target("berth", url, proc, workdir)
+
+
+def start_berth_behind_nginx(
+    workdir: Path, workers: int | None, database_url: str | None
+) -> Target:
+    """The deployment sample: nginx (deploy/nginx, TLS, blob bytes sent by nginx through
+    X-Accel-Redirect) in front of `berth serve`. Clients trust its CA through
+    REQUESTS_CA_BUNDLE (set by main for this target); skopeo skips verification."""
+    from tests.deploy.frontends import gen_certs, start_nginx
+
+    # nginx's workers run as nobody: everything they read must be reachable by others.
+    workdir.chmod(0o755)
+    certs = workdir / "certs"
+    gen_certs(certs)
+    berth = start_berth(workdir, workers, database_url, {"BERTH_BLOB_OFFLOAD": "x-accel-redirect"})
+    upstream = berth.url.removeprefix("http://")
+    no_v1 = f"127.0.0.1:{free_port()}"  # the sample routes v1 clients here; none come
+    proxy_dir = workdir / "nginx"
+    proxy_dir.mkdir()
+    ca = certs / "ca.crt"
+    os.environ["REQUESTS_CA_BUNDLE"] = str(ca)
+    proxy = start_nginx(proxy_dir, certs, upstream, no_v1, workdir / "storage", ca)
+    berth.name, berth.url = "berth+nginx", proxy.url
+    berth.extra_procs.append(proxy.process)
+    return berth
 
 
 # ----------------------------------------------------------------------------- clients
@@ -521,14 +552,16 @@ def ratio(figure: Figure, berth: float, reference: float) -> float:
 
 def table(results: dict[str, dict[str, float]]) -> str:
     names = list(results)
+    berths = [n for n in names if n != "reference"]
     lines = [
-        "| figure | " + " | ".join(names) + " | Berth / reference |",
-        "|---" * (len(names) + 2) + "|",
+        "| figure | " + " | ".join(names) + "".join(f" | {n} / reference" for n in berths) + " |",
+        "|---" * (len(names) + len(berths) + 1) + "|",
     ]
     for figure in FIGURES:
         cells = [f"{results[n][figure.name]:,.1f} {figure.unit}" for n in names]
-        r = ratio(figure, results["berth"][figure.name], results["reference"][figure.name])
-        lines.append(f"| {figure.name} | " + " | ".join(cells) + f" | {r:.2f}x |")
+        reference = results["reference"][figure.name]
+        cells += [f"{ratio(figure, results[n][figure.name], reference):.2f}x" for n in berths]
+        lines.append(f"| {figure.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -550,18 +583,23 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="Berth's database (default SQLite)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
-    for tool in ("skopeo", "wrk", "ab", "docker-registry"):
+    for tool in ("skopeo", "wrk", "ab", "docker-registry", "nginx", "openssl"):
         if not shutil.which(tool):
-            sys.exit(f"{tool} is needed: apt-get install skopeo wrk apache2-utils docker-registry")
+            sys.exit(
+                f"{tool} is needed: apt-get install skopeo wrk apache2-utils docker-registry"
+                " nginx openssl"
+            )
 
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
         workdir = Path(tmp)
+        workdir.chmod(0o755)  # nginx's workers (nobody) read blob files under it
         print(f"machine: {machine()}", flush=True)
         inputs = prepare(workdir, args.quick)
         results: dict[str, dict[str, float]] = {}
         starters = {
             "reference": lambda d: start_reference(d),
             "berth": lambda d: start_berth(d, args.workers, args.database_url),
+            "berth+nginx": lambda d: start_berth_behind_nginx(d, args.workers, args.database_url),
         }
         for name, start in starters.items():
             # Each server starts on a quiet disk: the one before it (the reference never
@@ -577,6 +615,7 @@ def main() -> None:
                 results[name] = run_steps(target, inputs, workdir)
             finally:
                 target.stop()
+                os.environ.pop("REQUESTS_CA_BUNDLE", None)
                 shutil.rmtree(target_dir, ignore_errors=True)
                 shutil.rmtree(workdir / f"pulled-{name}", ignore_errors=True)
         report = table(results)

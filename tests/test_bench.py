@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_registry_bench_runs_on_a_tiny_input(tmp_path: Path) -> None:
-    for tool in ("skopeo", "wrk", "ab", "docker-registry"):
+    for tool in ("skopeo", "wrk", "ab", "docker-registry", "nginx", "openssl"):
         if shutil.which(tool) is None:
             skip_or_fail(f"{tool} is not installed (apt-get install {tool})")
     table = tmp_path / "table.md"
@@ -32,6 +32,8 @@ def test_registry_bench_runs_on_a_tiny_input(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in table.read_text().splitlines() if line.startswith("| ")]
+    # Berth alone and behind the sample nginx, each against the reference.
+    assert "| berth / reference | berth+nginx / reference |" in rows[0]
     figures = {row.split("|")[1].strip() for row in rows[1:]}
     assert {"big push", "big pull", "GET manifest by tag", "catalog page", "server CPU"} <= figures
     assert all(row.rstrip().endswith("x |") for row in rows[1:])

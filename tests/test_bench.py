@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_registry_bench_runs_on_a_tiny_input(tmp_path: Path) -> None:
-    for tool in ("skopeo", "wrk", "ab", "docker-registry", "nginx", "openssl"):
+    for tool in ("skopeo", "wrk", "ab", "curl", "docker-registry", "nginx", "openssl"):
         if shutil.which(tool) is None:
             skip_or_fail(f"{tool} is not installed (apt-get install {tool})")
     table = tmp_path / "table.md"

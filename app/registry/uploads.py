@@ -337,13 +337,10 @@ def _write_chunk(
 
 def _digest_of(reg: Registry, lease: _Lease, state: UploadState, digest: Digest) -> str:
     """The hex digest of the upload's bytes in digest's algorithm: the sha256 recorded with
-    the last chunk (any worker wrote it), this worker's running hash, or a read of them."""
-    if digest.algorithm == "sha256":
-        if state.sha256 is not None:
-            return state.sha256
-        hasher = _hashes.take(state.id, state.size)
-        if hasher is not None:
-            return hasher.hexdigest()  # type: ignore[attr-defined,no-any-return]
+    the last chunk (whichever worker wrote it), else a read of the bytes. A running hash is
+    only ever cached together with that record, so the cache has nothing more to offer."""
+    if digest.algorithm == "sha256" and state.sha256 is not None:
+        return state.sha256
     hasher = digest.hasher()
     if state.size:
         with reg.driver.reader(paths.upload_data(state.id)) as stream:

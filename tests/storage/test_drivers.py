@@ -844,18 +844,24 @@ def test_filesystem_move_result_is_on_disk(fs_driver: FilesystemDriver) -> None:
     assert not again.exists("uploads/u1/data")
 
 
+def _spy_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, the path of every file or directory fsynced, in order."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return synced
+
+
 def test_filesystem_move_fsyncs_destination_directory(
     fs_driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fs_driver.put_content("src", b"blob")
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = _spy_fsyncs(monkeypatch)
     fs_driver.move("src", "dir/dst")
     assert synced, "move() did not fsync anything"
     assert (fs_driver.root / "dir" / "dst").read_bytes() == b"blob"
@@ -867,14 +873,7 @@ def test_filesystem_move_makes_chunks_durable(
 ) -> None:
     # Chunks are committed without fsync; the move that makes them a blob syncs the bytes
     # before the rename, so a crash cannot leave a blob whose name points at lost data.
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = _spy_fsyncs(monkeypatch)
     for chunk in (b"one", b"two"):
         with fs_driver.writer("uploads/u1/data", append=True) as writer:
             writer.write(chunk)
@@ -915,17 +914,10 @@ def test_filesystem_writer_starts_writeback_as_bytes_stream(
 def test_filesystem_sync_fsyncs_the_file(
     fs_driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
     with fs_driver.writer("uploads/u1/data") as writer:
         writer.write(b"layer")
         writer.commit()
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = _spy_fsyncs(monkeypatch)
     fs_driver.sync("uploads/u1/data")
     assert synced == [str(fs_driver.root / "uploads/u1/data")]
     with pytest.raises(PathNotFound):
@@ -938,14 +930,7 @@ def test_filesystem_move_makes_new_directories_durable(
     # blobs/sha256/ab/<hex>/ are usually new: each new directory's entry must reach the disk
     # (its parent fsynced), or a crash can lose a blob whose row is already committed.
     fs_driver.put_content("uploads/u1/data", b"blob")
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = _spy_fsyncs(monkeypatch)
     fs_driver.move("uploads/u1/data", "blobs/sha256/ab/abcd/data")
     root = fs_driver.root
     expected = [root, root / "blobs", root / "blobs/sha256", root / "blobs/sha256/ab"]

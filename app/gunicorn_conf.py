@@ -1,7 +1,6 @@
 """Gunicorn settings for `berth serve`. Bind and worker count come from the command line.
 
-gthread workers: a slow client pushing a large layer ties up one thread, not a process,
-and whole-blob GETs still go out through sendfile.
+gthread workers: a slow client pushing a large layer ties up one thread, not a process.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ graceful_timeout = 30
 keepalive = 75
 # Access log: `berth serve` adds --access-logfile - unless access_log is off.
 errorlog = "-"
-# Blob GETs go out with sendfile through wsgi.file_wrapper. Leave `sendfile` unset: gunicorn
-# reads ANY value given to it, True included, as --no-sendfile.
 # Several instances may run on one host (and in the tests): no shared control socket.
 control_socket_disable = True
 forwarded_allow_ips = os.environ.get("BERTH_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")

@@ -40,6 +40,21 @@ def test_empty_blob(registry: RegistryClient) -> None:
     assert response.headers["Content-Length"] == "0"
 
 
+@pytest.mark.parametrize("headers", [{}, {"Range": "bytes=1000-"}])
+def test_download_streams_in_bounded_pieces(
+    registry: RegistryClient, headers: dict[str, str]
+) -> None:
+    """A worker never holds a whole layer in memory, whole download or resumed one."""
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    digest = registry.push_blob("team/app", data)
+    response = registry.http.get(f"/v2/team/app/blobs/{digest}", headers=headers, buffered=False)
+    pieces = list(response.response)
+    response.close()
+    start = 1000 if headers else 0
+    assert b"".join(pieces) == data[start:]
+    assert len(pieces) > 1 and max(map(len, pieces)) <= 256 * 1024
+
+
 @pytest.mark.parametrize(
     ("header", "start", "end"),
     [("bytes=0-9", 0, 9), ("bytes=10-", 10, 99), ("bytes=-5", 95, 99), ("bytes=90-500", 90, 99)],

@@ -47,7 +47,6 @@ def test_wal_check_gives_up_on_other_errors() -> None:
 
 def test_new_database_is_in_wal_mode(tmp_path: Path) -> None:
     database = Database(f"sqlite:///{tmp_path / 'berth.db'}")
-    with database.read() as connection:
-        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    assert database.rows(text("PRAGMA journal_mode")) == [("wal",)]
+    assert database.rows(text("PRAGMA foreign_keys")) == [(1,)]
     database.dispose()

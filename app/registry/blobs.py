@@ -19,11 +19,10 @@ class BlobInfo:
 
 
 def stat(reg: Registry, repo: str, digest: Digest) -> BlobInfo:
-    with reg.db.read() as connection:
-        size = connection.scalar(queries.LINKED_BLOB_SIZE, {"repo": repo, "digest": str(digest)})
-    if size is None:
+    found = reg.db.rows(queries.LINKED_BLOB_SIZE, {"repo": repo, "digest": str(digest)})
+    if not found:
         raise BlobUnknown({"digest": str(digest)})
-    return BlobInfo(str(digest), size)
+    return BlobInfo(str(digest), found[0][0])
 
 
 def open_blob(reg: Registry, digest: Digest, offset: int = 0) -> BinaryIO:

@@ -15,11 +15,10 @@ def tags(reg: Registry, repo: str, last: str | None, limit: int | None) -> list[
     page = {"repo": repo, "last": last or "", "limit": queries.NO_LIMIT}
     if limit is not None:
         page["limit"] = limit
-    with reg.db.read() as connection:
-        names = connection.scalars(queries.TAG_PAGE, page).all()
-        # An empty page: past the last tag, no tags, or no such repository.
-        if not names and connection.scalar(queries.REPOSITORY_ID, {"repo": repo}) is None:
-            raise NameUnknown({"name": repo})
+    names = [name for (name,) in reg.db.rows(queries.TAG_PAGE, page)]
+    # An empty page: past the last tag, no tags, or no such repository.
+    if not names and not reg.db.rows(queries.REPOSITORY_ID, {"repo": repo}):
+        raise NameUnknown({"name": repo})
     return names
 
 

@@ -209,11 +209,12 @@ def get(reg: Registry, repo: str, reference: str) -> StoredManifest:
         query, key = queries.MANIFEST_BY_DIGEST, str(Digest.parse(reference))
     else:
         query, key = queries.MANIFEST_BY_TAG, check_tag(reference)
-    with reg.db.read() as connection:
-        row = connection.execute(query, {"repo": repo, "reference": key}).first()
-    if row is None:
+    found = reg.db.rows(query, {"repo": repo, "reference": key})
+    if not found:
         raise ManifestUnknown({"name": repo, "reference": reference})
-    return StoredManifest(row.digest, row.media_type, row.payload, row.subject_digest)
+    digest, media_type, payload, subject_digest = found[0]
+    # bytes(): PostgreSQL's driver returns a bytea as a memoryview.
+    return StoredManifest(digest, media_type, bytes(payload), subject_digest)
 
 
 def delete_reference(

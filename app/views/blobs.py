@@ -17,10 +17,10 @@ from app.views.origin import request_info
 bp = Blueprint("blobs", __name__)
 
 
-# Bytes go out in reads of 256 KiB, not through sendfile: on loopback and container bridges
-# sendfile hands the receiver page-cache pages that are cold in the CPU's cache, and a 64 MiB
-# GET ran ~20 % slower with it (docs/performance.md). A piece this size stays in cache
-# between the read and the send.
+# Bytes go out in reads of 256 KiB, not through sendfile: over loopback (and so, most
+# likely, container bridges) a 64 MiB GET ran ~20 % slower with sendfile, whose receiver
+# copies from page-cache pages cold in the CPU's cache (docs/performance.md). A piece this
+# size stays in cache between the read and the send.
 def _limited(stream: BinaryIO, length: int, chunk: int = 256 * 1024) -> Iterator[bytes]:
     with stream:
         while length > 0:

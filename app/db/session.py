@@ -116,9 +116,10 @@ class Database:
 
         SQLAlchemy's execution and result layers cost ~70 µs per statement, more than SQLite
         takes to read a page of 100 tags; here the statement is compiled once for this
-        database and its rows come back as the driver gives them: no type processing (a
-        bytea is a memoryview on PostgreSQL), so only for plain columns. No BEGIN on SQLite:
-        each statement is its own snapshot, so two calls must not rely on agreeing."""
+        database (and kept: pass statements built once, at import) and its rows come back as
+        the driver gives them, with no type processing: a caller reading a binary column
+        converts it (PostgreSQL's driver gives a memoryview). No BEGIN on SQLite: each
+        statement is its own snapshot, so two calls must not rely on agreeing."""
         compiled = self._compiled.get(statement)
         if compiled is None:
             compiled = self._compiled[statement] = _Compiled.of(statement, self.engine)

@@ -1,5 +1,16 @@
-# Berth's image: gunicorn serving the registry, entry point deploy/docker-entrypoint.sh
-# (waits for the database, migrates, then `berth serve`). Used by compose.yml.
+# Berth's image: gunicorn serving the registry from the installed wheel, entry point
+# deploy/docker-entrypoint.sh (waits for the database, migrates, then `berth serve`).
+# Used by compose.yml.
+FROM python:3.11-slim-bookworm AS wheel
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY setup.cfg pyproject.toml README.md ./
+COPY app ./app
+COPY migrations ./migrations
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -10,18 +21,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 berth \
  && useradd --system --uid 10001 --gid berth --home-dir /var/lib/berth --shell /usr/sbin/nologin berth
 
-WORKDIR /srv/berth
-# Metadata first: the dependency layer is rebuilt only when setup.cfg changes.
-COPY setup.cfg pyproject.toml README.md alembic.ini ./
-COPY app ./app
-COPY migrations ./migrations
-# Editable: app/migrate.py finds migrations/ beside the package.
-RUN pip install -e .
+# The wheel, not an editable checkout: migrations ship inside it (app.migrations).
+COPY --from=wheel /wheels /wheels
+RUN pip install /wheels/*.whl && rm -rf /wheels
 
 COPY deploy/docker-entrypoint.sh /usr/local/bin/berth-entrypoint
 RUN mkdir -p /var/lib/berth/storage && chown -R berth:berth /var/lib/berth
 
 USER berth
+WORKDIR /var/lib/berth
 # The proxy in front (another container) sets X-Forwarded-Proto; trust it.
 ENV BERTH_STORAGE_ROOT=/var/lib/berth/storage \
     BERTH_FORWARDED_ALLOW_IPS=*

@@ -9,35 +9,28 @@ from typing import Any
 from flask import Flask
 
 from app.config import load_settings
-from app.registry.context import Registry
+from app.context import Registry
 from app.storage import StorageDriver
 
 
 def create_app(
     overrides: Mapping[str, Any] | None = None, driver: StorageDriver | None = None
 ) -> Flask:
-    """settings -> database -> storage driver -> blueprints. Nothing is built at import time."""
-    from app.views import base, blobs, listings, manifests, uploads
+    """settings -> Registry.from_settings -> blueprints. Nothing is built at import time."""
+    from app import metrics
+    from app.views import admin, auth, base, blobs, health, listings, manifests, uploads
 
     settings = load_settings(overrides=overrides)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("app").setLevel(settings.log_level.upper())
     app = Flask(__name__)
-    app.config["BERTH_SETTINGS"] = settings
     app.extensions["berth"] = Registry.from_settings(settings, driver)
     base.init_app(app)
     for module in (blobs, uploads, manifests, listings):
         app.register_blueprint(module.bp)
-    from app import metrics
-    from app.views import health
-
     app.register_blueprint(health.bp)  # /healthz, /readyz
     metrics.init_app(app)  # /metrics and the request hooks that feed it
-    from app.views import auth
-
     auth.init_app(app)  # access control on /v2 and /api; nothing installed while auth = "none"
-    from app.views import admin
-
     app.register_blueprint(admin.bp)  # /api/v1: repository delete
     return app

@@ -5,18 +5,22 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from app.config import ConfigError, Settings, load_settings
+from app.context import Features, Registry
+from app.db import Database
 
 
 def _settings() -> Settings:
+    """The settings, every feature's part checked (no database or disk touched yet)."""
     try:
-        return load_settings()
+        settings = load_settings()
+        Features.from_settings(settings)
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from exc
+    return settings
 
 
 @click.group()
@@ -77,16 +81,13 @@ def user() -> None:
     """Registry accounts (bcrypt hashes in the database) for auth = "basic" or "token"."""
 
 
-def _accounts() -> Any:
-    """A Registry context on the configured database, migrated first (no blobs involved)."""
-    from app.db import Database
+def _accounts() -> Database:
+    """The configured database, migrated first (accounts involve no blobs)."""
     from app.migrate import upgrade
-    from app.registry.context import Registry
-    from app.storage import create_driver
 
     settings = _settings()
     upgrade(settings.database_url)
-    return Registry(Database(settings.database_url), create_driver("inmemory", {}), settings)
+    return Database(settings.database_url)
 
 
 def _new_password(password_stdin: bool) -> str:
@@ -109,7 +110,7 @@ _cost = click.option(
 @_cost
 def user_add(name: str, password_stdin: bool, cost: int) -> None:
     """Create the account NAME."""
-    from app.registry import users
+    from app.auth import users
 
     try:
         users.check_name(name)
@@ -125,7 +126,7 @@ def user_add(name: str, password_stdin: bool, cost: int) -> None:
 @_cost
 def user_passwd(name: str, password_stdin: bool, cost: int) -> None:
     """Set a new password for NAME (servers may accept the old one for auth_cache_ttl)."""
-    from app.registry import users
+    from app.auth import users
 
     try:
         users.set_password(_accounts(), name, _new_password(password_stdin), cost)
@@ -138,7 +139,7 @@ def user_passwd(name: str, password_stdin: bool, cost: int) -> None:
 @click.argument("name")
 def user_delete(name: str) -> None:
     """Delete the account NAME (servers may accept it for auth_cache_ttl more seconds)."""
-    from app.registry import users
+    from app.auth import users
 
     try:
         users.remove(_accounts(), name)
@@ -150,9 +151,10 @@ def user_delete(name: str) -> None:
 @user.command("list")
 def user_list() -> None:
     """List the accounts: the database's, then those only in the htpasswd file."""
-    from app.registry.users import Authenticator
+    from app.auth.users import Authenticator
 
-    for name, where in Authenticator(_accounts()).all_names():
+    settings = _settings()
+    for name, where in Authenticator(_accounts(), settings.auth_htpasswd).all_names():
         click.echo(name if where == "database" else f"{name}\t({where})")
 
 
@@ -165,11 +167,12 @@ def _add_notify() -> None:
 _add_notify()
 
 
-def _registry(settings: Settings) -> Any:
-    """A Registry context on the configured database and storage, for maintenance commands."""
-    from app.registry.context import Registry
-
-    return Registry.from_settings(settings)
+def _registry(settings: Settings) -> Registry:
+    """The configured registry, for maintenance commands."""
+    try:
+        return Registry.from_settings(settings)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from exc
 
 
 @main.command()
@@ -207,7 +210,7 @@ def gc(
     try:
         report = collect(reg, options, lambda line: click.echo(line, err=True))
     finally:
-        reg.db.dispose()
+        reg.close()
     verb = "would delete" if dry_run else "deleted"
     click.echo(
         f"{verb} {report.manifests} manifests, {report.links} blob links, {report.blobs} blobs"
@@ -234,7 +237,7 @@ def repo_delete(name: str) -> None:
     except RegistryError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message} ({name})") from exc
     finally:
-        reg.db.dispose()
+        reg.close()
     click.echo(
         f"repository {name} deleted: {deleted.tags} tags, {deleted.manifests} manifests,"
         f" {deleted.blobs_unlinked} blob links, {deleted.uploads} uploads;"

@@ -1,6 +1,9 @@
 """Settings: defaults, then the TOML file named by $BERTH_CONFIG, then BERTH_* variables.
 
-Validated once at start-up; a bad value stops the process with one clear message.
+Every setting Berth reads is a field here, checked once at start-up: a bad value stops the
+process with one line naming it. This module imports nothing else of app: each feature's
+structured settings (auth_rules, notifications, ...) are parsed by that feature, once, when
+app/context.py builds it.
 """
 
 from __future__ import annotations
@@ -16,8 +19,19 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "BERTH_"
-_DURATION = re.compile(r"^(\d+)(s|m|h|d)?$")
-_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Go's durations (time.ParseDuration), plus `d` for days: "500ms", "1h30m", "7d".
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+_PLAIN_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 _SIZE = re.compile(r"^(\d+)(k|kib|m|mib|g|gib)?$", re.IGNORECASE)
 _SIZE_UNITS = {
     None: 1,
@@ -28,10 +42,84 @@ _SIZE_UNITS = {
     "g": 1024**3,
     "gib": 1024**3,
 }
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+STORAGE_DRIVERS = ("filesystem", "inmemory", "s3")
+AUTH_MODES = ("none", "basic", "token")
+OFFLOAD_MODES = ("none", "x-accel-redirect", "x-sendfile")
 
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names it."""
+
+
+def parse_duration(raw: Any, where: str) -> float:
+    """Seconds from a duration: a number of seconds, or Go's syntax plus days ("1h30m", "7d").
+
+    The one grammar for every duration Berth reads, top-level settings and webhook endpoint
+    keys alike. Raises ConfigError naming `where`."""
+    if isinstance(raw, bool):
+        raise ConfigError(f"{where}: {raw!r} is not a duration")
+    if isinstance(raw, int | float):
+        seconds = float(raw)
+    elif isinstance(raw, str) and raw.strip():
+        text = raw.strip()
+        if _PLAIN_SECONDS.fullmatch(text):
+            seconds = float(text)
+        else:
+            parts = _DURATION_PART.findall(text)
+            if "".join(n + u for n, u in parts) != text:
+                raise ConfigError(
+                    f"{where}: {raw!r} is not a duration (seconds, or like 500ms, 90s, 1h30m, 7d)"
+                )
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    else:
+        raise ConfigError(
+            f"{where}: {raw!r} is not a duration (seconds, or like 500ms, 90s, 1h30m, 7d)"
+        )
+    if seconds < 0:
+        raise ConfigError(f"{where}: must not be negative")
+    return seconds
+
+
+def _whole_seconds(raw: Any, where: str) -> int:
+    seconds = parse_duration(raw, where)
+    if seconds != int(seconds):
+        raise ConfigError(f"{where}: {raw!r} is not a whole number of seconds")
+    return int(seconds)
+
+
+def _size(raw: Any, where: str) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    match = _SIZE.match(str(raw).strip())
+    if not match:
+        raise ConfigError(f"{where}: {raw!r} is not a size (bytes, or 512k, 8m, 1g)")
+    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower() or None]
+
+
+def _count(raw: Any, where: str) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    text = str(raw).strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"{where}: {raw!r} is not a whole number")
+    return int(text)
+
+
+# How a scalar field's text is read, by the `kind` in its metadata (default: by its type).
+_READERS = {"duration": _whole_seconds, "size": _size, "count": _count}
+
+
+def _duration(default: int) -> Any:
+    return dataclasses.field(default=default, metadata={"kind": "duration"})
+
+
+def _sized(default: int) -> Any:
+    return dataclasses.field(default=default, metadata={"kind": "size"})
+
+
+def _number(default: int) -> Any:
+    return dataclasses.field(default=default, metadata={"kind": "count"})
 
 
 @dataclass(frozen=True)
@@ -41,13 +129,20 @@ class Settings:
     storage_root: str = "var/storage"
     delete_enabled: bool = True
     # Upload sessions untouched for this long are forgotten and their bytes purged.
-    upload_max_age: int = 24 * 3600
-    upload_purge_interval: int = 3600
-    max_manifest_size: int = 4 * 1024 * 1024
+    upload_max_age: int = _duration(24 * 3600)
+    upload_purge_interval: int = _duration(3600)
+    max_manifest_size: int = _sized(4 * 1024 * 1024)
     log_level: str = "info"
     # One line per request on stdout (gunicorn's access log); off saves ~10% CPU on small GETs.
     access_log: bool = True
-    # Access control (app/registry/access.py): "none" keeps the registry open, as before.
+    # gunicorn (app/gunicorn_conf.py): gthread balanced across workers; `sync` or `gthread`
+    # are there to measure against (docs/performance.md).
+    worker_class: str = "app.gunicorn_worker.BalancedThreadWorker"
+    threads: int = _number(8)
+    # Peers whose X-Forwarded-* headers are believed (gunicorn's forwarded_allow_ips, and
+    # the failed-login limiter's idea of the client address); "*" trusts everyone.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    # Access control (app/auth/): "none" keeps the registry open.
     auth: str = "none"
     auth_realm: str = "Berth Registry"
     auth_htpasswd: str = ""
@@ -59,16 +154,16 @@ class Settings:
     auth_token_service: str = "berth"
     auth_token_issuer: str = "berth"
     auth_token_key: str = ""
-    auth_token_ttl: int = 300
-    auth_cache_ttl: int = 60
-    auth_max_failures: int = 10
-    auth_failure_window: int = 60
-    # Webhook endpoints (app/registry/endpoints.py), distribution's notifications.endpoints.
+    auth_token_ttl: int = _duration(300)
+    auth_cache_ttl: int = _duration(60)
+    auth_max_failures: int = _number(10)
+    auth_failure_window: int = _duration(60)
+    # Webhook endpoints (app/notifications/endpoints.py), distribution's notifications.endpoints.
     notifications: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     # Deliver from a thread in each server worker; false leaves it to `berth notify`.
     notifications_in_server: bool = True
     # Delivered events are kept this long (for `berth notify status`), then purged.
-    notifications_retention: int = 7 * 86400
+    notifications_retention: int = _duration(7 * 86400)
     # Blob GETs answered with a header that makes the front end send the file itself
     # (app/registry/offload.py): "none", "x-accel-redirect" (nginx) or "x-sendfile" (Apache).
     blob_offload: str = "none"
@@ -76,7 +171,7 @@ class Settings:
     # /_berth_blobs); x-sendfile: storage_root as the front end sees it (default: as Berth does).
     blob_offload_prefix: str = ""
     # `berth gc` leaves alone what was pushed, mounted or created this recently (its --grace).
-    gc_grace: int = 24 * 3600
+    gc_grace: int = _duration(24 * 3600)
     # storage_driver = "s3": an S3-compatible object store (AWS S3, MinIO, Ceph RGW).
     s3_bucket: str = ""
     s3_endpoint_url: str = ""  # empty: AWS itself; e.g. http://minio.internal:9000
@@ -88,46 +183,64 @@ class Settings:
     # Answer blob GETs with a 307 to a presigned URL: the bytes skip Berth.
     s3_redirect: bool = False
     # Chunked uploads go up in parts of this size; at most one part per writer is in memory.
-    s3_part_size: int = 8 * 1024 * 1024
+    s3_part_size: int = _sized(8 * 1024 * 1024)
 
     def __post_init__(self) -> None:
+        self._check_storage()
+        for name in ("upload_max_age", "upload_purge_interval", "max_manifest_size", "threads"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive")
+        if self.log_level.lower() not in LOG_LEVELS:
+            levels = ", ".join(LOG_LEVELS)
+            raise ConfigError(f"log_level: {self.log_level!r} is not one of {levels}")
+        if self.max_manifest_size < 4 * 1024 * 1024:
+            raise ConfigError("max_manifest_size: the spec requires at least 4 MiB")
+        self._check_auth()
+        if self.notifications_retention <= 0:
+            raise ConfigError("notifications_retention: must be positive")
+        self._check_offload()
+
+    def _check_storage(self) -> None:
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", self.database_url):
             raise ConfigError(
                 f"database_url: {self.database_url!r} is not a sqlite:// or postgresql:// URL"
             )
-        if self.storage_driver not in ("filesystem", "inmemory", "s3"):
-            raise ConfigError(
-                f"storage_driver: {self.storage_driver!r} is not one of filesystem, inmemory, s3"
-            )
+        if self.storage_driver not in STORAGE_DRIVERS:
+            drivers = ", ".join(STORAGE_DRIVERS)
+            raise ConfigError(f"storage_driver: {self.storage_driver!r} is not one of {drivers}")
         if self.storage_driver == "s3" and not self.s3_bucket:
             raise ConfigError("s3_bucket: must be set for the s3 driver")
         if self.s3_part_size < 5 * 1024 * 1024:
             raise ConfigError("s3_part_size: S3 needs parts of at least 5 MiB")
         if self.storage_driver == "filesystem" and not self.storage_root:
             raise ConfigError("storage_root: must be set for the filesystem driver")
-        for name in ("upload_max_age", "upload_purge_interval", "max_manifest_size"):
+
+    def _check_auth(self) -> None:
+        if self.auth not in AUTH_MODES:
+            raise ConfigError(f"auth: {self.auth!r} is not one of {', '.join(AUTH_MODES)}")
+        for name in ("auth_token_ttl", "auth_max_failures", "auth_failure_window"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive")
-        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        if self.auth_cache_ttl < 0:
+            raise ConfigError("auth_cache_ttl: must not be negative (0 turns the cache off)")
+        if not re.fullmatch(r"[^\"\\\x00-\x1f]+", self.auth_realm):
+            raise ConfigError("auth_realm: must be non-empty, without quotes or backslashes")
+
+    def _check_offload(self) -> None:
+        if self.blob_offload not in OFFLOAD_MODES:
             raise ConfigError(
-                f"log_level: {self.log_level!r} is not one of debug, info, warning, error, critical"
+                f"blob_offload: {self.blob_offload!r} is not one of {', '.join(OFFLOAD_MODES)}"
             )
-        if self.max_manifest_size < 4 * 1024 * 1024:
-            raise ConfigError("max_manifest_size: the spec requires at least 4 MiB")
-        from app.registry.access import check_settings  # the auth_* settings' own grammar
+        prefix = self.blob_offload_prefix
+        if prefix and not prefix.startswith("/"):
+            raise ConfigError(f"blob_offload_prefix: {prefix!r} must be an absolute path")
+        if self.blob_offload != "none" and self.storage_driver != "filesystem":
+            raise ConfigError(
+                f"blob_offload: {self.blob_offload} needs the filesystem storage driver"
+            )
 
-        check_settings(self)
-        from app.registry.endpoints import parse_endpoints
-
-        try:
-            parse_endpoints(self.notifications)
-        except ValueError as exc:
-            raise ConfigError(f"notifications: {exc}") from exc
-        if self.notifications_retention <= 0:
-            raise ConfigError("notifications_retention: must be positive")
-        from app.registry.offload import check_settings as check_offload
-
-        check_offload(self)
+    def trusted_proxies(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.forwarded_allow_ips.split(",") if p.strip())
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -146,8 +259,10 @@ def _coerce(name: str, raw: Any) -> Any:
         if not isinstance(raw, expected):
             raise ConfigError(f"{name}: expected a {expected.__name__}, got {raw!r}")
         return raw
-    default = field.default
-    if isinstance(default, bool):
+    kind = field.metadata.get("kind")
+    if kind is not None:
+        return _READERS[kind](raw, name)
+    if isinstance(field.default, bool):
         if isinstance(raw, bool):
             return raw
         text = str(raw).strip().lower()
@@ -156,18 +271,6 @@ def _coerce(name: str, raw: Any) -> Any:
         if text in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{name}: {raw!r} is not a boolean (true/false)")
-    if isinstance(default, int):
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
-        if name.endswith("_size"):
-            match = _SIZE.match(str(raw).strip())
-            if not match:
-                raise ConfigError(f"{name}: {raw!r} is not a size (bytes, or 512k, 8m, 1g)")
-            return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower() or None]
-        match = _DURATION.match(str(raw).strip())
-        if not match:
-            raise ConfigError(f"{name}: {raw!r} is not a number (seconds, or 30m, 24h, 7d)")
-        return int(match.group(1)) * _UNITS[match.group(2)]
     if not isinstance(raw, str):
         raise ConfigError(f"{name}: {raw!r} is not a string")
     return raw

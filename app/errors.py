@@ -6,6 +6,7 @@ Services raise these; the single handler in app.views.base turns them into
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 
@@ -21,12 +22,12 @@ class RegistryError(Exception):
         message: str | None = None,
         headers: dict[str, str] | None = None,
         status: int | None = None,
-        also: list[RegistryError] | None = None,
+        also: Sequence[RegistryError] | None = None,
     ) -> None:
         super().__init__(message or self.message)
         self.detail = detail
         # Further errors reported in the same response (one per missing blob, say).
-        self.also = also or []
+        self.also = list(also or ())
         self.headers = headers or {}
         if message is not None:
             self.message = message  # type: ignore[misc]

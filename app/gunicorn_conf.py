@@ -6,16 +6,17 @@ gthread workers: a slow client pushing a large layer ties up one thread, not a p
 from __future__ import annotations
 
 import gc
-import os
 import random
 import threading
 import time
 from typing import Any
 
-# gthread, balanced across workers (app/gunicorn_worker.py). BERTH_WORKER_CLASS=sync or
-# gthread is there to measure against (docs/performance.md).
-worker_class = os.environ.get("BERTH_WORKER_CLASS", "app.gunicorn_worker.BalancedThreadWorker")
-threads = int(os.environ.get("BERTH_THREADS", "8"))
+from app.config import load_settings
+
+# `berth serve` checked the settings before starting gunicorn.
+_settings = load_settings()
+worker_class = _settings.worker_class
+threads = _settings.threads
 # Uploads stream for as long as they take; the timeout only catches a wedged worker loop.
 timeout = 120
 graceful_timeout = 30
@@ -24,12 +25,13 @@ keepalive = 75
 errorlog = "-"
 # Several instances may run on one host (and in the tests): no shared control socket.
 control_socket_disable = True
-forwarded_allow_ips = os.environ.get("BERTH_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+forwarded_allow_ips = _settings.forwarded_allow_ips
 
 
 def post_worker_init(worker: Any) -> None:
     """Each worker purges stale uploads now and then, at a jittered interval, so that no
     single process owns the job and a crashed one leaves nothing behind."""
+    from app.notifications import delivery
     from app.registry import uploads
 
     registry = worker.wsgi.extensions["berth"]
@@ -44,10 +46,8 @@ def post_worker_init(worker: Any) -> None:
                 worker.log.exception("purging stale uploads failed")
 
     threading.Thread(target=loop, name="berth-upload-purge", daemon=True).start()
-    # Webhook delivery threads (app/registry/notify.py), unless left to `berth notify`.
-    from app.registry import notify
-
-    notify.start_in_server(registry)
+    # Webhook delivery threads (app/notifications/delivery.py), unless left to `berth notify`.
+    delivery.start_in_server(registry)
     # The ~90,000 objects of the loaded app live as long as the worker: out of the
     # collector's sight, a full collection takes ~1 ms instead of stopping every thread of
     # the worker for 100-450 ms (GET manifest p99 during the first burst: ~300 -> ~20 ms).

@@ -19,12 +19,12 @@ from gunicorn.workers.gthread import ThreadWorker
 
 
 class BalancedThreadWorker(ThreadWorker):
-    @property  # type: ignore[override]
+    @property
     def worker_connections(self) -> int:
         # gthread accepts while nr_conns < worker_connections: that is, while fewer than
         # `threads` connections are in a request (or about to be).
         idle = len(self.keepalived_conns) + len(self.pending_conns)
-        return min(self._max_connections, idle + self.cfg.threads)
+        return min(self._max_connections, idle + int(self.cfg.threads))
 
     @worker_connections.setter
     def worker_connections(self, value: int) -> None:

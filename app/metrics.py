@@ -130,7 +130,7 @@ class _CountingInput:
         self.count = 0
 
     def read(self, *args: Any) -> bytes:
-        data = self._stream.read(*args)
+        data: bytes = self._stream.read(*args)
         self.count += len(data)
         return data
 
@@ -147,7 +147,7 @@ class _CountingInput:
         return size
 
     def readline(self, *args: Any) -> bytes:
-        data = self._stream.readline(*args)
+        data: bytes = self._stream.readline(*args)
         self.count += len(data)
         return data
 
@@ -223,9 +223,9 @@ def _notification_lines() -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import GaugeMetricFamily
 
-    from app.registry import notify
+    from app.notifications import delivery
 
-    numbers = notify.counts(current_app.extensions["berth"])
+    numbers = delivery.counts(current_app.extensions["berth"])
     if not numbers:
         return b""
     family = GaugeMetricFamily(
@@ -242,7 +242,7 @@ def _notification_lines() -> bytes:
             yield family
 
     registry = CollectorRegistry()
-    registry.register(_Collector())  # type: ignore[arg-type]
+    registry.register(_Collector())
     return generate_latest(registry)
 
 

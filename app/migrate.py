@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+# migrations/ at the top of the checkout, installed as app.migrations (setup.cfg's
+# package_dir); a real directory in an editable install and in an installed wheel alike.
+MIGRATIONS = Path(str(files("app.migrations")))
 
 
 def alembic_config(database_url: str) -> Config:

@@ -5,23 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import signal
-from pathlib import Path
 from types import FrameType
 
 import click
 
-from app.config import ConfigError, Settings, load_settings
-from app.registry.context import Registry
+from app.config import ConfigError, load_settings
+from app.context import Registry
 
 
 def _registry() -> Registry:
     try:
-        settings: Settings = load_settings()
+        return Registry.from_settings(load_settings())
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from exc
-    if settings.storage_driver == "filesystem":
-        Path(settings.storage_root).mkdir(parents=True, exist_ok=True)
-    return Registry.from_settings(settings)
 
 
 @click.group(invoke_without_command=True)
@@ -41,8 +37,7 @@ def notify(ctx: click.Context, poll: float) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from app.migrate import upgrade
-    from app.registry.endpoints import enabled
-    from app.registry.notify import Deliverer
+    from app.notifications.delivery import Deliverer
 
     reg = _registry()
     logging.basicConfig(
@@ -57,24 +52,24 @@ def notify(ctx: click.Context, poll: float) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    names = ", ".join(ep.name for ep in enabled(reg.settings)) or "none enabled"
+    names = ", ".join(ep.name for ep in reg.outbox.enabled) or "none enabled"
     click.echo(f"berth notify: delivering to {names}", err=True)
     deliverer.start()
     while not deliverer.stopping.wait(1.0):
         pass
     deliverer.stop(timeout=15)
-    reg.db.dispose()
+    reg.close()
 
 
 @notify.command("status")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def notify_status(as_json: bool) -> None:
     """Pending, sent and failed counts per endpoint, and why one is behind."""
-    from app.registry.notify import status
+    from app.notifications.delivery import status
 
     reg = _registry()
     report = status(reg)
-    reg.db.dispose()
+    reg.close()
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.config import load_settings  # noqa: E402
-from app.db import Database  # noqa: E402
+from app.context import Registry  # noqa: E402
 from app.db.models import (  # noqa: E402
     Blob,
     Manifest,
@@ -48,10 +48,8 @@ from app.db.models import (  # noqa: E402
 from app.db.session import engine_url  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
 from app.registry import paths  # noqa: E402
-from app.registry.context import Registry  # noqa: E402
 from app.registry.gc import GcOptions, GcReport, collect  # noqa: E402
 from app.registry.references import Digest  # noqa: E402
-from app.storage.filesystem import FilesystemDriver  # noqa: E402
 
 PG_ADMIN = os.environ.get("BERTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -170,7 +168,7 @@ def timed_run(kind: str, args: argparse.Namespace, options: GcOptions) -> tuple[
         settings = load_settings(
             {}, {"database_url": url, "storage_root": str(workdir / "storage")}
         )
-        reg = Registry(Database(url), FilesystemDriver(workdir / "storage"), settings)
+        reg = Registry.from_settings(settings)
         report = collect(reg, options, None if args.quiet else print)
         with reg.db.transaction() as session:
             left = len(session.execute(select(Blob.id)).all())

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from app.auth import tokens, users
+from app.auth.policy import ACTIONS, Policy
+from app.auth.throttle import FailureLimiter
 from app.cli import main
 from app.config import ConfigError, load_settings
+from app.context import Features
 from app.migrate import upgrade
-from app.registry import access, tokens, users
-from app.registry.throttle import FailureLimiter
 
 # Distribution's Apache sample ("Hosting mode access"), written as Berth configuration:
 # every valid user may fetch images, only the docker-deployer account may push them.
@@ -39,7 +41,7 @@ def settings_from(tmp_path: Path, text: str, **env: str):
 
 
 def test_apache_sample_policy(tmp_path: Path) -> None:
-    policy = access.policy(settings_from(tmp_path, APACHE_SAMPLE))
+    policy = Policy.from_settings(settings_from(tmp_path, APACHE_SAMPLE))
     for repo in ("app", "team/app", "a/b/c"):
         assert policy.allowed("docker-deployer", repo) == {"pull", "push"}
         assert policy.allowed("alice", repo) == {"pull"}
@@ -67,19 +69,19 @@ repository = "team/releases/*"
 users = ["bob"]
 actions = ["delete"]
 """
-    policy = access.policy(settings_from(tmp_path, text))
+    policy = Policy.from_settings(settings_from(tmp_path, text))
     assert policy.allowed("alice", "team/app") == {"pull", "push"}
     assert policy.allowed("alice", "team/releases/v1") == {"pull", "push"}  # `*` crosses `/`
     assert policy.allowed("bob", "team/releases/v1") == {"pull", "push", "delete"}
     assert policy.allowed("alice", "teamwork") == frozenset()
     assert policy.allowed("dave", "team/app") == frozenset()
-    assert policy.allowed("carol", "anything") == access.ACTIONS
+    assert policy.allowed("carol", "anything") == ACTIONS
     assert policy.is_admin("carol") and not policy.is_admin("alice") and not policy.is_admin(None)
     assert not policy.pulls_everything("alice") and policy.pulls_everything("carol")
 
 
 def test_anonymous_pull_switch() -> None:
-    policy = access.policy(load_settings({}, {"auth": "basic", "auth_anonymous_pull": True}))
+    policy = Policy.from_settings(load_settings({}, {"auth": "basic", "auth_anonymous_pull": True}))
     assert policy.allowed(None, "x") == {"pull"}
     assert policy.allowed("someone", "x") == {"pull"}
 
@@ -87,7 +89,7 @@ def test_anonymous_pull_switch() -> None:
 def test_rules_from_the_environment_as_json() -> None:
     rules = [{"repository": "*", "users": ["ci"], "actions": ["*"]}]
     settings = load_settings({"BERTH_AUTH": "token", "BERTH_AUTH_RULES": json.dumps(rules)})
-    assert access.policy(settings).allowed("ci", "x") == access.ACTIONS
+    assert Policy.from_settings(settings).allowed("ci", "x") == ACTIONS
 
 
 @pytest.mark.parametrize(
@@ -108,10 +110,10 @@ def test_rules_from_the_environment_as_json() -> None:
 )
 def test_bad_auth_settings_stop_start_up(overrides: dict, message: str | None) -> None:
     if message is None:  # a single name where a list is expected is accepted
-        load_settings({}, overrides)
+        Features.from_settings(load_settings({}, overrides))
         return
     with pytest.raises(ConfigError, match=message):
-        load_settings({}, overrides)
+        Features.from_settings(load_settings({}, overrides))
 
 
 def test_scopes_parse() -> None:
@@ -169,7 +171,7 @@ def test_user_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     upgrade(url)
     app = create_app({"database_url": url, "storage_driver": "inmemory", "auth": "basic"})
-    auth = app.extensions["berth_auth"].authenticator
+    auth = app.extensions["berth"].guard.authenticator
     assert auth.verify("alice", "s3cret") and not auth.verify("alice", "wrong")
     assert berth("user", "passwd", "alice", "--password-stdin", stdin="n3w\n").exit_code == 0
     assert auth.verify("alice", "n3w") and auth.lookup("alice").startswith("$2b$12$")

@@ -136,6 +136,10 @@ def test_unknown_override_is_rejected() -> None:
         ("3600", 3600),
         ("45s", 45),
         (" 2h ", 7200),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        ("1d12h", 129600),
+        ("90000ms", 90),
     ],
 )
 def test_duration_from_environment(raw: str, seconds: int) -> None:
@@ -189,7 +193,8 @@ def test_bad_boolean_names_the_setting(raw: str) -> None:
     [
         ("upload_max_age", "soon"),
         ("upload_max_age", "10x"),
-        ("upload_max_age", "1.5h"),
+        ("upload_max_age", "1.5s"),  # a whole number of seconds is needed
+        ("upload_max_age", "1h30"),
         ("upload_max_age", "-5"),
         ("upload_max_age", "h"),
         ("upload_max_age", ""),
@@ -372,3 +377,32 @@ def test_bad_log_level_names_the_setting(raw: str) -> None:
 def test_overrides_are_checked_like_environment_values() -> None:
     with pytest.raises(ConfigError, match="delete_enabled"):
         load_settings({}, overrides={"delete_enabled": "maybe"})
+
+
+def test_one_duration_grammar_for_every_duration_setting(tmp_path: Path) -> None:
+    # Go's syntax plus days, the same for top-level settings and webhook endpoint keys.
+    settings = load_settings(
+        _toml(
+            tmp_path,
+            'gc_grace = "1h30m"\nauth_token_ttl = "2m"\nnotifications_retention = "1d"\n',
+        )
+    )
+    assert (settings.gc_grace, settings.auth_token_ttl) == (5400, 120)
+    assert settings.notifications_retention == 86400
+
+
+def test_counts_are_plain_numbers() -> None:
+    assert load_settings({"BERTH_THREADS": "4"}).threads == 4
+    with pytest.raises(ConfigError, match="threads"):
+        load_settings({"BERTH_THREADS": "4m"})
+    with pytest.raises(ConfigError, match="auth_max_failures"):
+        load_settings({"BERTH_AUTH_MAX_FAILURES": "²"})
+
+
+def test_settings_once_read_from_the_environment_are_settings(tmp_path: Path) -> None:
+    settings = load_settings(
+        _toml(tmp_path, 'forwarded_allow_ips = "10.0.0.1, 10.0.0.2"\nworker_class = "sync"\n')
+    )
+    assert settings.trusted_proxies() == {"10.0.0.1", "10.0.0.2"}
+    assert settings.worker_class == "sync"
+    assert load_settings({}).trusted_proxies() == {"127.0.0.1", "::1"}

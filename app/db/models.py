@@ -16,7 +16,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 # Predictable constraint names, so Alembic migrations can refer to them.
 NAMING_CONVENTION = {
@@ -35,10 +37,22 @@ def utcnow() -> datetime:
 def byte_ordered(length: int) -> String:
     """A string column that sorts and compares by bytes on every database, as the
     tags/list and _catalog pagination (lexical order, `last` exclusive) require."""
-    return String(length).with_variant(String(length, collation="C"), "postgresql")  # type: ignore[return-value]
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
 
 
-Timestamp = DateTime(timezone=True)
+class Timestamp(TypeDecorator[datetime]):
+    """A moment in UTC, aware on the way out on every database: SQLite stores no zone and
+    hands back naive values, which compared with an aware `now` would raise."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=UTC)
+
+
 BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite only autoincrements INTEGER
 
 
@@ -51,7 +65,7 @@ class Repository(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(byte_ordered(255), unique=True)
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
 
 
 class Blob(Base):
@@ -60,7 +74,7 @@ class Blob(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     digest: Mapped[str] = mapped_column(String(150), unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
 
 
 class RepositoryBlob(Base):
@@ -74,7 +88,7 @@ class RepositoryBlob(Base):
     blob_id: Mapped[int] = mapped_column(
         ForeignKey("blob.id", ondelete="CASCADE"), primary_key=True, index=True
     )
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
 
 
 class Manifest(Base):
@@ -94,7 +108,7 @@ class Manifest(Base):
     annotations: Mapped[str | None] = mapped_column(Text)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
 
 
 class ManifestReference(Base):
@@ -120,7 +134,7 @@ class Tag(Base):
     manifest_id: Mapped[int] = mapped_column(
         ForeignKey("manifest.id", ondelete="CASCADE"), index=True
     )
-    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow, onupdate=utcnow)
 
 
 class Upload(Base):
@@ -131,11 +145,11 @@ class Upload(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"))
     size: Mapped[int] = mapped_column(BigInteger, default=0)
-    started_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+    started_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow, index=True)
     # The one request allowed to write the upload's bytes, until its lease runs out.
     writer: Mapped[str | None] = mapped_column(String(36))
-    writer_expires: Mapped[datetime | None] = mapped_column(Timestamp)
+    writer_expires: Mapped[datetime | None] = mapped_column(Timestamp())
     # sha256 of the first `size` bytes (None: not known), recorded with each chunk, so that
     # completing an upload needs no second read of its bytes, whichever worker takes it.
     sha256: Mapped[str | None] = mapped_column(String(64))
@@ -148,7 +162,7 @@ class NotificationEvent(Base):
     __tablename__ = "notification_event"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
     # The distribution-format event as JSON, exactly as it will be sent.
     payload: Mapped[str] = mapped_column(Text)
 
@@ -170,7 +184,7 @@ class NotificationDelivery(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     # POSTs holding this event that failed (network error, timeout, 4xx/5xx).
     failures: Mapped[int] = mapped_column(Integer, default=0)
-    sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    sent_at: Mapped[datetime | None] = mapped_column(Timestamp())
 
 
 class NotificationEndpoint(Base):
@@ -182,9 +196,9 @@ class NotificationEndpoint(Base):
 
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive failed POSTs
-    next_attempt_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
     lease_owner: Mapped[str | None] = mapped_column(String(128))
-    lease_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    lease_until: Mapped[datetime | None] = mapped_column(Timestamp())
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
@@ -196,8 +210,8 @@ class AuthUser(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
     password_hash: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow, onupdate=utcnow)
 
 
 class AuthSigningKey(Base):
@@ -208,4 +222,4 @@ class AuthSigningKey(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     algorithm: Mapped[str] = mapped_column(String(16))
     private_key: Mapped[str] = mapped_column(Text)  # PEM, PKCS#8
-    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)

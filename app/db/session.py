@@ -128,7 +128,7 @@ class Database:
             cursor = connection.cursor()
             try:
                 cursor.execute(compiled.sql, compiled.arguments(params or {}))
-                return cursor.fetchall()
+                return list(cursor.fetchall())
             finally:
                 cursor.close()
         finally:

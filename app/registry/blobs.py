@@ -2,40 +2,67 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from app.db import locks, queries
+from app.db import locks
 from app.errors import BlobUnknown, Unsupported
-from app.registry import events, paths
-from app.registry.context import Registry
+from app.notifications import events
+from app.registry import offload, paths, queries
+from app.registry.context import Context
 from app.registry.references import Digest, is_valid_name
+
+Origin = Callable[[], events.RequestInfo]
 
 
 @dataclass(frozen=True)
-class BlobInfo:
-    digest: str
+class Delivery:
+    """How a blob's bytes reach the client: exactly one of these is set."""
+
+    offload: dict[str, str] | None = None  # headers for the front end, which sends the file
+    redirect: str | None = None  # a URL the client fetches the bytes from (S3 presigned)
+    stream: BinaryIO | None = None  # Berth sends them itself
+
+
+@dataclass(frozen=True)
+class Download:
+    """A blob found in a repository; `deliver` hands out its bytes."""
+
+    reg: Context
+    repo: str
+    digest: Digest
     size: int
 
+    def deliver(self, start: int = 0, pulled_by: Origin | None = None) -> Delivery:
+        """The bytes from `start` on. A download from the start is a pull, and `pulled_by`
+        (who asked; called only when an endpoint listens) gets its event; one resumed
+        further on is not another pull."""
+        reg, digest = self.reg, str(self.digest)
+        if start == 0 and pulled_by is not None:
+            size = self.size
+            reg.outbox.publish(
+                reg.db, lambda: events.blob_event("pull", self.repo, digest, size, pulled_by())
+            )
+        headers = offload.headers(reg, self.digest)
+        if headers is not None:
+            return Delivery(offload=headers)
+        url = reg.driver.redirect_url(paths.blob_data(self.digest), "GET")
+        if url is not None:
+            return Delivery(redirect=url)
+        return Delivery(stream=reg.driver.reader(paths.blob_data(self.digest), start))
 
-def stat(reg: Registry, repo: str, digest: Digest) -> BlobInfo:
-    found = reg.db.rows(queries.LINKED_BLOB_SIZE, {"repo": repo, "digest": str(digest)})
-    if not found:
+
+def find(reg: Context, repo: str, digest: Digest) -> Download:
+    """A blob linked into `repo`, else BLOB_UNKNOWN."""
+    size = queries.linked_blob_size(reg.db, repo, str(digest))
+    if size is None:
         raise BlobUnknown({"digest": str(digest)})
-    return BlobInfo(str(digest), found[0][0])
-
-
-def open_blob(reg: Registry, digest: Digest, offset: int = 0) -> BinaryIO:
-    return reg.driver.reader(paths.blob_data(digest), offset)
-
-
-def redirect_url(reg: Registry, digest: Digest) -> str | None:
-    """A URL the client may GET the bytes from straight (S3 presigned); None: serve them."""
-    return reg.driver.redirect_url(paths.blob_data(digest), "GET")
+    return Download(reg, repo, digest, size)
 
 
 def delete(
-    reg: Registry, repo: str, digest: Digest, origin: events.RequestInfo | None = None
+    reg: Context, repo: str, digest: Digest, origin: events.RequestInfo | None = None
 ) -> None:
     """Unlink the blob from the repository; its bytes go when garbage collection runs."""
     if not reg.settings.delete_enabled:
@@ -43,11 +70,11 @@ def delete(
     with reg.db.transaction(write=True) as session:
         if not queries.unlink_blob(session, repo, str(digest)):
             raise BlobUnknown({"digest": str(digest)})
-        events.record(session, reg, [events.blob_event("delete", repo, str(digest), None, origin)])
+        reg.outbox.record(session, [events.blob_event("delete", repo, str(digest), None, origin)])
 
 
 def mount(
-    reg: Registry,
+    reg: Context,
     repo: str,
     digest: Digest,
     source: str,
@@ -64,5 +91,5 @@ def mount(
         repo_id = queries.ensure_repository(session, repo)
         queries.link_blob(session, repo_id, blob.digest, blob.size)
         mounted = events.blob_event("mount", repo, blob.digest, blob.size, origin, source)
-        events.record(session, reg, [mounted])
+        reg.outbox.record(session, [mounted])
     return True

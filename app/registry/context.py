@@ -1,23 +1,14 @@
-"""What every service needs: the database, the storage driver and the settings."""
+"""What the content services need from the composition root (app/context.py's Registry):
+the settings, the database, the storage driver and the notification outbox."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
-from app.config import Settings
-from app.db import Database
-from app.storage import StorageDriver, create_driver, driver_params
+from app.notifications.context import Context as NotificationContext
+from app.storage import StorageDriver
 
 
-@dataclass(frozen=True)
-class Registry:
-    db: Database
-    driver: StorageDriver
-    settings: Settings
-
-    @classmethod
-    def from_settings(cls, settings: Settings, driver: StorageDriver | None = None) -> Registry:
-        """The configured database and storage driver (or the driver given, for tests)."""
-        if driver is None:
-            driver = create_driver(settings.storage_driver, driver_params(settings))
-        return cls(Database(settings.database_url), driver, settings)
+class Context(NotificationContext, Protocol):
+    @property
+    def driver(self) -> StorageDriver: ...

@@ -24,29 +24,22 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.db import locks
-from app.db.models import Blob, Manifest, ManifestReference, RepositoryBlob, Tag, Upload
 from app.errors import DigestInvalid
-from app.registry import paths, uploads
-from app.registry.context import Registry
+from app.registry import paths, queries, uploads
+from app.registry.context import Context
+from app.registry.queries import ManifestGraph
 from app.registry.references import Digest
 from app.storage import PathNotFound
 
 log = logging.getLogger(__name__)
-
-M = Manifest.__table__
-R = ManifestReference.__table__
-L = RepositoryBlob.__table__
-B = Blob.__table__
-T = Tag.__table__
 
 Progress = Callable[[str], None]
 _T = TypeVar("_T")
@@ -93,27 +86,6 @@ class _Ticker:
             self.line(f"{phase}: {done}/{total}")
 
 
-@dataclass
-class _Graph:
-    """What marking needs of every manifest, loaded without payloads."""
-
-    repo: dict[int, int] = field(default_factory=dict)
-    digest: dict[int, str] = field(default_factory=dict)
-    subject: dict[int, str] = field(default_factory=dict)
-    young: set[int] = field(default_factory=set)
-    tagged: set[int] = field(default_factory=set)
-    refs: dict[int, list[tuple[str, str]]] = field(default_factory=lambda: defaultdict(list))
-    by_digest: dict[tuple[int, str], int] = field(default_factory=dict)
-
-    def child(self, manifest_id: int, digest: str) -> int | None:
-        return self.by_digest.get((self.repo[manifest_id], digest))
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands timestamps back without a zone; they were written in UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -133,26 +105,7 @@ def retrying(work: Callable[[], _T], attempts: int = 5) -> _T:
     raise AssertionError("unreachable")
 
 
-def _load(session: Session, cutoff: datetime) -> _Graph:
-    graph = _Graph()
-    rows = session.execute(
-        select(M.c.id, M.c.repository_id, M.c.digest, M.c.subject_digest, M.c.created_at)
-    )
-    for manifest_id, repo_id, digest, subject, created_at in rows:
-        graph.repo[manifest_id] = repo_id
-        graph.digest[manifest_id] = digest
-        graph.by_digest[(repo_id, digest)] = manifest_id
-        if subject:
-            graph.subject[manifest_id] = subject
-        if _aware(created_at) >= cutoff:
-            graph.young.add(manifest_id)
-    for manifest_id, digest, kind in session.execute(select(R.c.manifest_id, R.c.digest, R.c.kind)):
-        graph.refs[manifest_id].append((digest, kind))
-    graph.tagged = set(session.scalars(select(T.c.manifest_id).distinct()))
-    return graph
-
-
-def _mark(graph: _Graph, delete_untagged: bool) -> set[int]:
+def _mark(graph: ManifestGraph, delete_untagged: bool) -> set[int]:
     if not delete_untagged:
         return set(graph.repo)
     referrers: dict[tuple[int, str], list[int]] = defaultdict(list)
@@ -175,7 +128,7 @@ def _mark(graph: _Graph, delete_untagged: bool) -> set[int]:
     return kept
 
 
-def _deletion_order(graph: _Graph, doomed: set[int]) -> list[list[int]]:
+def _deletion_order(graph: ManifestGraph, doomed: set[int]) -> list[list[int]]:
     """Layers of doomed manifests: an index before its children, a subject before its
     referrers, since each one's delete re-checks that nothing still points at it."""
     before: dict[int, list[int]] = defaultdict(list)
@@ -205,69 +158,11 @@ def _deletion_order(graph: _Graph, doomed: set[int]) -> list[list[int]]:
     return [layers[d] for d in sorted(layers)]
 
 
-def _delete_manifests(session: Session, ids: Sequence[int], cutoff: datetime) -> int:
-    parent, subject = M.alias("parent"), M.alias("subject")
-    named_by_parent = (
-        select(1)
-        .select_from(R.join(parent, parent.c.id == R.c.manifest_id))
-        .where(
-            R.c.digest == M.c.digest,
-            R.c.kind == "manifest",
-            parent.c.repository_id + 0 == M.c.repository_id,
-        )
-    )
-    subject_here = select(1).where(
-        subject.c.repository_id == M.c.repository_id, subject.c.digest == M.c.subject_digest
-    )
-    statement = (
-        delete(M)
-        .where(
-            M.c.id.in_(ids),
-            M.c.created_at < cutoff,
-            ~exists().where(T.c.manifest_id == M.c.id),
-            ~exists(named_by_parent),
-            or_(M.c.subject_digest.is_(None), ~exists(subject_here)),
-        )
-        .returning(M.c.id)
-    )
-    deleted = list(session.scalars(statement))
-    # The foreign keys cascade too; explicit, so nothing depends on the SQLite pragma.
-    if deleted:
-        session.execute(delete(R).where(R.c.manifest_id.in_(deleted)))
-    return len(deleted)
-
-
-def _delete_links(session: Session, pairs: Sequence[tuple[int, int]], cutoff: datetime) -> int:
-    by_repo: dict[int, list[int]] = defaultdict(list)
-    for repo_id, blob_id in pairs:
-        by_repo[repo_id].append(blob_id)
-    # Per repository, so that SQLite looks each link up by its key instead of scanning.
-    wanted = or_(
-        *(
-            and_(L.c.repository_id == repo_id, L.c.blob_id.in_(blob_ids))
-            for repo_id, blob_ids in by_repo.items()
-        )
-    )
-    # From the blob's digest to the few manifests naming it; "+ 0" keeps SQLite from
-    # walking every manifest of the repository instead.
-    still_named = (
-        select(1)
-        .select_from(B.join(R, R.c.digest == B.c.digest).join(M, M.c.id == R.c.manifest_id))
-        .where(B.c.id == L.c.blob_id, M.c.repository_id + 0 == L.c.repository_id)
-    )
-    statement = (
-        delete(L)
-        .where(wanted, L.c.created_at < cutoff, ~exists(still_named))
-        .returning(L.c.blob_id)
-    )
-    return len(list(session.scalars(statement)))
-
-
-def _delete_bytes(reg: Registry, session: Session, digests: Iterable[str]) -> set[str]:
+def _delete_bytes(reg: Context, session: Session, digests: Iterable[str]) -> set[str]:
     """Delete the bytes of digests that (still) have no blob row; the caller holds their
     exclusive locks, so no push can link them until the transaction ends."""
     digests = set(digests)
-    revived = set(session.scalars(select(B.c.digest).where(B.c.digest.in_(digests))))
+    revived = queries.known_digests(session, list(digests))
     gone = set()
     for digest in digests - revived:
         try:
@@ -279,7 +174,7 @@ def _delete_bytes(reg: Registry, session: Session, digests: Iterable[str]) -> se
 
 
 def free_blobs(
-    reg: Registry,
+    reg: Context,
     blob_ids: Sequence[int],
     cutoff: datetime,
     batch_size: int = 500,
@@ -293,27 +188,16 @@ def free_blobs(
     ids = sorted(set(blob_ids))
     for done, batch in enumerate(_chunks(ids, batch_size)):
 
-        def rows(batch: Sequence[int] = batch) -> list[Any]:
+        def rows(batch: Sequence[int] = batch) -> list[queries.BlobRecord]:
             with reg.db.transaction(write=True) as session:
-                digests = session.scalars(select(B.c.digest).where(B.c.id.in_(batch)))
-                locks.exclusive(session, list(digests))
-                statement = (
-                    delete(B)
-                    .where(
-                        B.c.id.in_(batch),
-                        B.c.created_at < cutoff,
-                        ~exists().where(L.c.blob_id == B.c.id),
-                        ~exists().where(R.c.digest == B.c.digest),
-                    )
-                    .returning(B.c.digest, B.c.size)
-                )
-                return list(session.execute(statement))
+                locks.exclusive(session, queries.blob_digests(session, batch))
+                return queries.delete_unused_blobs(session, batch, cutoff)
 
         deleted = retrying(rows)
         if throttle:
             time.sleep(throttle)
         if deleted:
-            sizes = {digest: size for digest, size in deleted}
+            sizes = {blob.digest: blob.size for blob in deleted}
 
             def drop_bytes(sizes: dict[str, int] = sizes) -> set[str]:
                 with reg.db.transaction(write=True) as session:
@@ -330,7 +214,7 @@ def free_blobs(
     return count, freed
 
 
-def collect(reg: Registry, options: GcOptions, progress: Progress | None = None) -> GcReport:
+def collect(reg: Context, options: GcOptions, progress: Progress | None = None) -> GcReport:
     """One garbage collection run. Safe to run while the registry serves pushes and pulls,
     and to run again after it was killed."""
     started = time.monotonic()
@@ -340,7 +224,7 @@ def collect(reg: Registry, options: GcOptions, progress: Progress | None = None)
     cutoff = datetime.now(UTC) - timedelta(seconds=max(options.grace, 0))
 
     with reg.db.transaction() as session:
-        graph = _load(session, cutoff)
+        graph = queries.manifest_graph(session, cutoff)
     kept = _mark(graph, options.delete_untagged)
     doomed = set(graph.repo) - kept
     report.manifests_total, report.manifests_kept = len(graph.repo), len(kept)
@@ -361,7 +245,7 @@ def collect(reg: Registry, options: GcOptions, progress: Progress | None = None)
                 def manifests(batch: Sequence[int] = batch) -> int:
                     with reg.db.transaction(write=True) as session:
                         locks.exclusive(session, [graph.digest[m] for m in batch])
-                        return _delete_manifests(session, batch, cutoff)
+                        return queries.delete_unreferenced_manifests(session, batch, cutoff)
 
                 report.manifests += retrying(manifests)
                 done += len(batch)
@@ -374,27 +258,22 @@ def collect(reg: Registry, options: GcOptions, progress: Progress | None = None)
     named = {(graph.repo[m], digest) for m in kept for digest, _kind in graph.refs.get(m, ())}
     named_anywhere = {digest for _repo, digest in named}
     with reg.db.transaction() as session:
-        links = session.execute(
-            select(L.c.repository_id, L.c.blob_id, B.c.digest, L.c.created_at).join(
-                B, B.c.id == L.c.blob_id
-            )
-        ).all()
-        blobs = session.execute(select(B.c.id, B.c.digest, B.c.size, B.c.created_at)).all()
+        links, blobs = queries.links_and_blobs(session)
     doomed_links = [
-        (repo_id, blob_id)
-        for repo_id, blob_id, digest, created_at in links
-        if _aware(created_at) < cutoff and (repo_id, digest) not in named
+        (link.repository_id, link.blob_id)
+        for link in links
+        if link.created_at < cutoff and (link.repository_id, link.digest) not in named
     ]
     if options.dry_run:
         report.links = len(doomed_links)
     else:
-        digest_of = {blob_id: digest for _r, blob_id, digest, _c in links}
-        for done, batch in enumerate(_chunks(doomed_links, options.batch_size)):
+        digest_of = {link.blob_id: link.digest for link in links}
+        for done, pairs in enumerate(_chunks(doomed_links, options.batch_size)):
 
-            def unlink(batch: Sequence[tuple[int, int]] = batch) -> int:
+            def unlink(pairs: Sequence[tuple[int, int]] = pairs) -> int:
                 with reg.db.transaction(write=True) as session:
-                    locks.exclusive(session, [digest_of[blob_id] for _r, blob_id in batch])
-                    return _delete_links(session, batch, cutoff)
+                    locks.exclusive(session, [digest_of[blob_id] for _r, blob_id in pairs])
+                    return queries.delete_unnamed_links(session, pairs, cutoff)
 
             report.links += retrying(unlink)
             ticker.tick(
@@ -405,17 +284,17 @@ def collect(reg: Registry, options: GcOptions, progress: Progress | None = None)
     ticker.line(f"links: {verb} {report.links} of {len(doomed_links)}")
 
     # 3. Blobs nobody links or names any more.
-    remaining_links = defaultdict(int)
-    for _repo, blob_id, _digest, _created in links:
-        remaining_links[blob_id] += 1
+    remaining_links: dict[int, int] = defaultdict(int)
+    for link in links:
+        remaining_links[link.blob_id] += 1
     for _repo, blob_id in doomed_links:
         remaining_links[blob_id] -= 1
     doomed_blobs = [
-        (blob_id, size)
-        for blob_id, digest, size, created_at in blobs
-        if remaining_links[blob_id] <= 0
-        and digest not in named_anywhere
-        and _aware(created_at) < cutoff
+        (blob.id, blob.size)
+        for blob in blobs
+        if remaining_links[blob.id] <= 0
+        and blob.digest not in named_anywhere
+        and blob.created_at < cutoff
     ]
     if options.dry_run:
         report.blobs = len(doomed_blobs)
@@ -440,9 +319,7 @@ def collect(reg: Registry, options: GcOptions, progress: Progress | None = None)
     if options.dry_run:
         upload_cutoff = datetime.now(UTC) - timedelta(seconds=reg.settings.upload_max_age)
         with reg.db.transaction() as session:
-            report.uploads = session.scalar(
-                select(func.count()).select_from(Upload).where(Upload.updated_at < upload_cutoff)
-            )
+            report.uploads = queries.count_stale_uploads(session, upload_cutoff)
     else:
         report.uploads = uploads.purge_stale(reg)
     ticker.line(f"uploads: {'would purge' if options.dry_run else 'purged'} {report.uploads}")
@@ -453,10 +330,10 @@ def collect(reg: Registry, options: GcOptions, progress: Progress | None = None)
 
 
 def _sweep_orphans(
-    reg: Registry, cutoff: datetime, options: GcOptions, ticker: _Ticker
+    reg: Context, cutoff: datetime, options: GcOptions, ticker: _Ticker
 ) -> tuple[int, int]:
     with reg.db.transaction() as session:
-        known = set(session.scalars(select(B.c.digest)))
+        known = queries.known_digests(session)
     orphans: list[tuple[str, int]] = []
     for blob_dir, digest in paths.stored_blobs(reg.driver.list):
         if digest in known:

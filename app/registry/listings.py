@@ -2,63 +2,49 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from app.db import queries
 from app.errors import NameUnknown
-from app.registry.context import Registry
+from app.registry import queries
+from app.registry.context import Context
+from app.registry.queries import Referrer
 from app.registry.references import Digest
 
+CATALOG_SCAN = 500  # repositories read per query while filtering the catalog
 
-def tags(reg: Registry, repo: str, last: str | None, limit: int | None) -> list[str]:
-    page = {"repo": repo, "last": last or "", "limit": queries.NO_LIMIT}
-    if limit is not None:
-        page["limit"] = limit
-    names = [name for (name,) in reg.db.rows(queries.TAG_PAGE, page)]
+__all__ = ["Referrer", "catalog", "referrers", "tags"]
+
+
+def tags(reg: Context, repo: str, last: str | None, limit: int | None) -> list[str]:
+    names = queries.tag_page(reg.db, repo, last, limit)
     # An empty page: past the last tag, no tags, or no such repository.
-    if not names and not reg.db.rows(queries.REPOSITORY_ID, {"repo": repo}):
+    if not names and not queries.repository_exists(reg.db, repo):
         raise NameUnknown({"name": repo})
     return names
 
 
-def catalog(reg: Registry, last: str | None, limit: int | None) -> list[str]:
-    with reg.db.transaction() as session:
-        return queries.repository_names(session, last, limit)
-
-
-@dataclass(frozen=True)
-class Referrer:
-    media_type: str
-    digest: str
-    size: int
-    artifact_type: str | None
-    annotations: dict[str, str] | None
-
-    def descriptor(self) -> dict[str, object]:
-        entry: dict[str, object] = {
-            "mediaType": self.media_type,
-            "digest": self.digest,
-            "size": self.size,
-        }
-        if self.artifact_type:
-            entry["artifactType"] = self.artifact_type
-        if self.annotations:
-            entry["annotations"] = self.annotations
-        return entry
+def catalog(
+    reg: Context, last: str | None, limit: int, visible: Callable[[str], bool] | None = None
+) -> list[str]:
+    """Up to `limit` repository names after `last`; with `visible`, only those it admits
+    (what the caller may pull), read page by page so that pagination still works."""
+    if visible is None:
+        with reg.db.transaction() as session:
+            return queries.repository_names(session, last, limit)
+    found: list[str] = []
+    cursor = last
+    while len(found) < limit:
+        with reg.db.transaction() as session:
+            page = queries.repository_names(session, cursor, CATALOG_SCAN)
+        found += [name for name in page if visible(name)]
+        if len(page) < CATALOG_SCAN:
+            break
+        cursor = page[-1]
+    return found[:limit]
 
 
 def referrers(
-    reg: Registry, repo: str, subject: Digest, artifact_type: str | None
+    reg: Context, repo: str, subject: Digest, artifact_type: str | None
 ) -> list[Referrer]:
     with reg.db.transaction() as session:
-        return [
-            Referrer(
-                row.media_type,
-                row.digest,
-                row.size,
-                row.artifact_type,
-                json.loads(row.annotations) if row.annotations else None,
-            )
-            for row in queries.referrers(session, repo, str(subject), artifact_type)
-        ]
+        return queries.referrers(session, repo, str(subject), artifact_type)

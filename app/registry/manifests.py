@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select
-
-from app.db import locks, queries
-from app.db.models import Manifest, ManifestReference, Tag, utcnow
+from app.db import locks
 from app.errors import (
     DigestInvalid,
     ManifestBlobUnknown,
@@ -19,8 +17,10 @@ from app.errors import (
     RegistryError,
     Unsupported,
 )
-from app.registry import events
-from app.registry.context import Registry
+from app.notifications import events
+from app.registry import queries
+from app.registry.context import Context
+from app.registry.queries import StoredManifest
 from app.registry.references import Digest, check_tag, is_digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -119,21 +119,8 @@ def parse(body: bytes, content_type: str | None) -> ParsedManifest:
     return parsed
 
 
-@dataclass(frozen=True)
-class StoredManifest:
-    digest: str
-    media_type: str
-    payload: bytes
-    subject: str | None = None
-
-
-_MANIFEST_ID = select(Manifest.id).where(
-    Manifest.repository_id == bindparam("repo_id"), Manifest.digest == bindparam("digest")
-)
-
-
 def put(
-    reg: Registry,
+    reg: Context,
     repo: str,
     reference: str,
     body: bytes,
@@ -152,6 +139,16 @@ def put(
         tag = check_tag(reference)
         digest = Digest.of(body)
     parsed = parse(body, content_type)
+    new = queries.NewManifest(
+        digest=str(digest),
+        media_type=parsed.media_type,
+        artifact_type=parsed.artifact_type,
+        subject=parsed.subject,
+        annotations=parsed.annotations,
+        payload=body,
+        blobs=parsed.blobs,
+        manifests=parsed.manifests,
+    )
     with reg.db.transaction(write=True) as session:
         repo_id = queries.ensure_repository(session, repo)
         # gc waits for this transaction before deleting any of these (app/db/locks.py).
@@ -160,41 +157,11 @@ def put(
         missing += queries.missing_manifests(session, repo_id, parsed.manifests)
         if missing:
             raise _unknown_blobs(missing)
-        values = {
-            "repository_id": repo_id,
-            "digest": str(digest),
-            "media_type": parsed.media_type,
-            "artifact_type": parsed.artifact_type,
-            "subject_digest": parsed.subject,
-            "annotations": json.dumps(parsed.annotations) if parsed.annotations else None,
-            "payload": body,
-            "size": len(body),
-            "created_at": utcnow(),
-        }
-        queries.insert_ignore(session, Manifest, values, ["repository_id", "digest"])
-        manifest_id = session.scalar(_MANIFEST_ID, {"repo_id": repo_id, "digest": str(digest)})
-        refs = [(d, "blob") for d in dict.fromkeys(parsed.blobs)]
-        refs += [(d, "manifest") for d in dict.fromkeys(parsed.manifests)]
-        if refs:
-            rows = [{"manifest_id": manifest_id, "digest": d, "kind": k} for d, k in refs]
-            queries.insert_ignore(session, ManifestReference, rows, ["manifest_id", "digest"])
-        if tag is not None:
-            queries.upsert(
-                session,
-                Tag,
-                {
-                    "repository_id": repo_id,
-                    "name": tag,
-                    "manifest_id": manifest_id,
-                    "updated_at": utcnow(),
-                },
-                ["repository_id", "name"],
-                ["manifest_id", "updated_at"],
-            )
+        queries.store_manifest(session, repo_id, new, tag)
         pushed = events.manifest_event(
             "push", repo, str(digest), parsed.media_type, body, tag, origin
         )
-        events.record(session, reg, [pushed])
+        reg.outbox.record(session, [pushed])
     return StoredManifest(str(digest), parsed.media_type, body, parsed.subject)
 
 
@@ -204,21 +171,35 @@ def _unknown_blobs(missing: list[str]) -> RegistryError:
     return ManifestBlobUnknown({"digest": missing[0]}, also=rest)
 
 
-def get(reg: Registry, repo: str, reference: str) -> StoredManifest:
+def get(
+    reg: Context,
+    repo: str,
+    reference: str,
+    pulled_by: Callable[[], events.RequestInfo] | None = None,
+    client_has: Callable[[str], bool] | None = None,
+) -> StoredManifest:
+    """A manifest by tag or digest. With `pulled_by` (a GET: who asked, called only when an
+    endpoint listens) this is a pull and gets its event, unless the client already holds
+    this digest (`client_has`, its If-None-Match): then nothing was pulled."""
     if is_digest(reference):
-        query, key = queries.MANIFEST_BY_DIGEST, str(Digest.parse(reference))
+        found = queries.manifest(reg.db, repo, digest=str(Digest.parse(reference)))
     else:
-        query, key = queries.MANIFEST_BY_TAG, check_tag(reference)
-    found = reg.db.rows(query, {"repo": repo, "reference": key})
-    if not found:
+        found = queries.manifest(reg.db, repo, tag=check_tag(reference))
+    if found is None:
         raise ManifestUnknown({"name": repo, "reference": reference})
-    digest, media_type, payload, subject_digest = found[0]
-    # bytes(): PostgreSQL's driver returns a bytea as a memoryview.
-    return StoredManifest(digest, media_type, bytes(payload), subject_digest)
+    if pulled_by is not None and not (client_has is not None and client_has(found.digest)):
+        tag = None if is_digest(reference) else reference
+        reg.outbox.publish(
+            reg.db,
+            lambda: events.manifest_event(
+                "pull", repo, found.digest, found.media_type, found.payload, tag, pulled_by()
+            ),
+        )
+    return found
 
 
 def delete_reference(
-    reg: Registry, repo: str, reference: str, origin: events.RequestInfo | None = None
+    reg: Context, repo: str, reference: str, origin: events.RequestInfo | None = None
 ) -> None:
     """By digest: the manifest and every tag on it go. By tag: only the tag goes."""
     if not reg.settings.delete_enabled:
@@ -228,24 +209,19 @@ def delete_reference(
         if repo_id is None:
             raise NameUnknown({"name": repo})
         if is_digest(reference):
-            digest = str(Digest.parse(reference))
-            manifest_id = session.scalar(
-                select(Manifest.id).where(
-                    Manifest.repository_id == repo_id, Manifest.digest == digest
-                )
-            )
-            if manifest_id is None:
+            doomed = queries.manifest_to_delete(session, repo_id, str(Digest.parse(reference)))
+            if doomed is None:
                 raise ManifestUnknown({"name": repo, "reference": reference})
-            events.record_manifest_deleted(session, reg, repo, manifest_id, origin)
-            session.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
-            session.execute(
-                delete(ManifestReference).where(ManifestReference.manifest_id == manifest_id)
+            # The manifest's delete event, then one per tag that goes with it (distribution
+            # untags too, and says so).
+            gone = events.manifest_event(
+                "delete", repo, doomed.digest, doomed.media_type, None, origin=origin
             )
-            session.execute(delete(Manifest).where(Manifest.id == manifest_id))
+            gone["target"]["size"] = gone["target"]["length"] = doomed.size
+            untagged = [events.tag_deleted(repo, tag, origin) for tag in doomed.tags]
+            reg.outbox.record(session, [gone, *untagged])
+            queries.delete_manifest(session, doomed.id)
         else:
-            result = session.execute(
-                delete(Tag).where(Tag.repository_id == repo_id, Tag.name == check_tag(reference))
-            )
-            if not result.rowcount:  # type: ignore[attr-defined]
+            if not queries.delete_tag(session, repo_id, check_tag(reference)):
                 raise ManifestUnknown({"name": repo, "reference": reference})
-            events.record(session, reg, [events.tag_deleted(repo, reference, origin)])
+            reg.outbox.record(session, [events.tag_deleted(repo, reference, origin)])

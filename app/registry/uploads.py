@@ -8,6 +8,7 @@ fixed-size chunks and no transaction is open while they do.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -16,12 +17,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, BinaryIO
+from typing import IO
 
-from sqlalchemy import bindparam, delete, insert, or_, select, update
-
-from app.db import queries
-from app.db.models import Repository, Upload
 from app.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
@@ -29,8 +26,9 @@ from app.errors import (
     RangeInvalid,
     SizeInvalid,
 )
-from app.registry import events, paths
-from app.registry.context import Registry
+from app.notifications import events
+from app.registry import paths, queries
+from app.registry.context import Context
 from app.registry.references import Digest
 from app.storage import PathNotFound
 
@@ -38,47 +36,6 @@ CHUNK = 1024 * 1024
 # How long a writer keeps an upload without renewing; it renews every quarter of this.
 LEASE = timedelta(seconds=15)
 log = logging.getLogger(__name__)
-
-# Every request of a push runs these: built once (app/db/queries.py says why).
-_UPLOAD = Upload.__table__
-_MINE = (_UPLOAD.c.id == bindparam("upload")) & (_UPLOAD.c.writer == bindparam("token"))
-_CLAIM = (
-    update(_UPLOAD)
-    .where(
-        _UPLOAD.c.id == bindparam("upload"),
-        _UPLOAD.c.repository_id == queries.REPOSITORY_ID.scalar_subquery(),
-        _UPLOAD.c.updated_at >= bindparam("oldest"),
-        or_(_UPLOAD.c.writer.is_(None), _UPLOAD.c.writer_expires < bindparam("at")),
-    )
-    .values(
-        writer=bindparam("token"), writer_expires=bindparam("expires"), updated_at=bindparam("at")
-    )
-    .returning(_UPLOAD.c.size, _UPLOAD.c.sha256)
-)
-_RENEW = (
-    update(_UPLOAD)
-    .where(_MINE)
-    .values(writer_expires=bindparam("expires"), updated_at=bindparam("at"))
-)
-_FINISH = (
-    update(_UPLOAD)
-    .where(_MINE)
-    .values(
-        size=bindparam("new_size"),
-        sha256=bindparam("new_sha256"),
-        updated_at=bindparam("at"),
-        writer=None,
-        writer_expires=None,
-    )
-)
-_RELEASE = update(_UPLOAD).where(_MINE).values(writer=None, writer_expires=None)
-_START = insert(_UPLOAD)
-_STATUS = (
-    select(_UPLOAD.c.size, _UPLOAD.c.updated_at)
-    .join(Repository.__table__, Repository.id == _UPLOAD.c.repository_id)
-    .where(_UPLOAD.c.id == bindparam("upload"), Repository.name == bindparam("repo"))
-)
-_FORGET = delete(_UPLOAD).where(_UPLOAD.c.id == bindparam("upload"))
 
 
 @dataclass(frozen=True)
@@ -94,18 +51,18 @@ class _HashCache:
     hashed from storage, so a session continued elsewhere is still verified."""
 
     def __init__(self, capacity: int = 64) -> None:
-        self._entries: OrderedDict[str, tuple[int, object]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[int, hashlib._Hash]] = OrderedDict()
         self._lock = threading.Lock()
         self._capacity = capacity
 
-    def take(self, upload_id: str, size: int):
+    def take(self, upload_id: str, size: int) -> hashlib._Hash | None:
         with self._lock:
             entry = self._entries.pop(upload_id, None)
         if entry is None or entry[0] != size:
             return None
         return entry[1]
 
-    def put(self, upload_id: str, size: int, hasher: object) -> None:
+    def put(self, upload_id: str, size: int, hasher: hashlib._Hash) -> None:
         with self._lock:
             self._entries[upload_id] = (size, hasher)
             while len(self._entries) > self._capacity:
@@ -123,45 +80,30 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands timestamps back without a zone; they were written in UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 class _Lease:
     """The right to write an upload's bytes, held by one request at a time across every
     worker and instance. Without it, two PATCHes on one upload could interleave, and one's
     rollback would cut off the other's bytes. A holder that dies loses it after LEASE."""
 
-    def __init__(self, reg: Registry, upload_id: str, token: str) -> None:
+    def __init__(self, reg: Context, upload_id: str, token: str) -> None:
         self._reg, self._id, self._token = reg, upload_id, token
         self._renewed = time.monotonic()
         self._held = True
 
     @classmethod
-    def claim(cls, reg: Registry, repo: str, upload_id: str) -> tuple[_Lease, UploadState]:
+    def claim(cls, reg: Context, repo: str, upload_id: str) -> tuple[_Lease, UploadState]:
         """Take the lease and read where the upload stands in one statement (one round trip
         per chunk, not two). Errors say why: unknown, expired, or busy with another request."""
         if not _valid_id(upload_id):
             raise BlobUploadUnknown({"upload": upload_id})
         token, now = str(uuid.uuid4()), _now()
-        params = {
-            "upload": upload_id,
-            "repo": repo,
-            "oldest": now - timedelta(seconds=reg.settings.upload_max_age),
-            "at": now,
-            "token": token,
-            "expires": now + LEASE,
-        }
+        oldest = now - timedelta(seconds=reg.settings.upload_max_age)
         with reg.db.transaction(write=True) as session:
-            row = session.execute(_CLAIM, params).first()
+            row = queries.claim_upload(session, upload_id, repo, token, now, now + LEASE, oldest)
         if row is None:
             status(reg, repo, upload_id)  # unknown or expired: its error says so
             raise RangeInvalid({"upload": upload_id}, message="upload busy or changed")
         return cls(reg, upload_id, token), UploadState(upload_id, row.size, row.sha256)
-
-    def _mine(self, **values: Any) -> dict[str, Any]:
-        return {"upload": self._id, "token": self._token, **values}
 
     def renew(self) -> None:
         """Called while bytes stream: extends the lease (and the session's idle clock)."""
@@ -169,16 +111,16 @@ class _Lease:
             return
         now = _now()
         with self._reg.db.transaction(write=True) as session:
-            kept = session.execute(_RENEW, self._mine(expires=now + LEASE, at=now)).rowcount  # type: ignore[attr-defined]
+            kept = queries.renew_upload(session, self._id, self._token, now, now + LEASE)
         if not kept:
             raise _LeaseLost(self._id)
         self._renewed = time.monotonic()
 
     def finish(self, state: UploadState) -> None:
         """Record the new size (and digest) and let go, in one statement."""
-        values = self._mine(new_size=state.size, new_sha256=state.sha256, at=_now())
+        row = queries.UploadRow(state.size, state.sha256)
         with self._reg.db.transaction(write=True) as session:
-            kept = session.execute(_FINISH, values).rowcount  # type: ignore[attr-defined]
+            kept = queries.finish_upload(session, self._id, self._token, row, _now())
         if not kept:
             raise _LeaseLost(self._id)
         self.done()
@@ -191,7 +133,7 @@ class _Lease:
         if not self._held:
             return
         with self._reg.db.transaction(write=True) as session:
-            session.execute(_RELEASE, self._mine())
+            queries.release_upload(session, self._id, self._token)
 
 
 class _LeaseLost(RangeInvalid):
@@ -199,7 +141,7 @@ class _LeaseLost(RangeInvalid):
 
 
 @contextlib.contextmanager
-def _leased(reg: Registry, repo: str, upload_id: str) -> Iterator[tuple[_Lease, UploadState]]:
+def _leased(reg: Context, repo: str, upload_id: str) -> Iterator[tuple[_Lease, UploadState]]:
     lease, state = _Lease.claim(reg, repo, upload_id)
     try:
         yield lease, state
@@ -207,12 +149,12 @@ def _leased(reg: Registry, repo: str, upload_id: str) -> Iterator[tuple[_Lease, 
         lease.release()
 
 
-def start(reg: Registry, repo: str) -> UploadState:
+def start(reg: Context, repo: str) -> UploadState:
     # No file yet: the first chunk creates it, so starting a session costs no fsync.
     upload_id = str(uuid.uuid4())
     with reg.db.transaction(write=True) as session:
         repo_id = queries.ensure_repository(session, repo)
-        session.execute(_START, {"id": upload_id, "repository_id": repo_id, "size": 0})
+        queries.start_upload(session, upload_id, repo_id)
     return UploadState(upload_id, 0)
 
 
@@ -223,23 +165,23 @@ def _valid_id(upload_id: str) -> bool:
         return False
 
 
-def status(reg: Registry, repo: str, upload_id: str) -> UploadState:
+def status(reg: Context, repo: str, upload_id: str) -> UploadState:
     if not _valid_id(upload_id):
         raise BlobUploadUnknown({"upload": upload_id})
     with reg.db.transaction() as session:
-        row = session.execute(_STATUS, {"upload": upload_id, "repo": repo}).first()
+        row = queries.upload_status(session, upload_id, repo)
     if row is None:
         raise BlobUploadUnknown({"upload": upload_id})
-    if _now() - _aware(row.updated_at) > timedelta(seconds=reg.settings.upload_max_age):
+    if _now() - row.updated_at > timedelta(seconds=reg.settings.upload_max_age):
         raise BlobUploadUnknown({"upload": upload_id}, message="upload session expired")
     return UploadState(upload_id, row.size)
 
 
 def append(
-    reg: Registry,
+    reg: Context,
     repo: str,
     upload_id: str,
-    body: BinaryIO,
+    body: IO[bytes],
     content_range: tuple[int, int] | None = None,
     content_length: int | None = None,
 ) -> UploadState:
@@ -266,7 +208,7 @@ def _chunk_length(
     return expected
 
 
-def _check_stored(reg: Registry, upload_id: str, size: int) -> None:
+def _check_stored(reg: Context, upload_id: str, size: int) -> None:
     """The stored bytes must be at least what the database accepted; more is what a crash or
     a lost client left behind, and is cut off."""
     path = paths.upload_data(upload_id)
@@ -281,10 +223,10 @@ def _check_stored(reg: Registry, upload_id: str, size: int) -> None:
 
 
 def _write_chunk(
-    reg: Registry,
+    reg: Context,
     lease: _Lease,
     state: UploadState,
-    body: BinaryIO,
+    body: IO[bytes],
     content_range: tuple[int, int] | None,
     content_length: int | None,
 ) -> UploadState:
@@ -308,7 +250,7 @@ def _write_chunk(
             writer.write(data)
             lease.renew()
             if hasher is not None:
-                hasher.update(data)  # type: ignore[attr-defined]
+                hasher.update(data)
             written += len(data)
             if expected is not None and written > expected:
                 break
@@ -332,10 +274,10 @@ def _write_chunk(
         return UploadState(upload_id, new_size)
     # Cached while the lease is held: nobody else can have written in between.
     _hashes.put(upload_id, new_size, hasher)
-    return UploadState(upload_id, new_size, hasher.hexdigest())  # type: ignore[attr-defined]
+    return UploadState(upload_id, new_size, hasher.hexdigest())
 
 
-def _digest_of(reg: Registry, lease: _Lease, state: UploadState, digest: Digest) -> str:
+def _digest_of(reg: Context, lease: _Lease, state: UploadState, digest: Digest) -> str:
     """The hex digest of the upload's bytes in digest's algorithm: the sha256 recorded with
     the last chunk (whichever worker wrote it), else a read of the bytes. A running hash is
     only ever cached together with that record, so the cache has nothing more to offer."""
@@ -347,15 +289,15 @@ def _digest_of(reg: Registry, lease: _Lease, state: UploadState, digest: Digest)
             while data := stream.read(CHUNK):
                 hasher.update(data)
                 lease.renew()
-    return hasher.hexdigest()  # type: ignore[attr-defined,no-any-return]
+    return hasher.hexdigest()
 
 
 def complete(
-    reg: Registry,
+    reg: Context,
     repo: str,
     upload_id: str,
     digest: Digest,
-    body: BinaryIO | None = None,
+    body: IO[bytes] | None = None,
     content_range: tuple[int, int] | None = None,
     content_length: int | None = None,
     origin: events.RequestInfo | None = None,
@@ -382,7 +324,7 @@ def complete(
 
 
 def _publish(
-    reg: Registry,
+    reg: Context,
     repo: str,
     upload_id: str,
     digest: Digest,
@@ -401,38 +343,35 @@ def _publish(
             reg.driver.put_content(target, b"")  # an empty blob never got a chunk
         else:
             reg.driver.move(paths.upload_data(upload_id), target)
-        session.execute(_FORGET, {"upload": upload_id})
+        queries.forget_upload(session, upload_id)
         push = events.blob_event("push", repo, str(digest), size, origin)
-        events.record(session, reg, [push])
+        reg.outbox.record(session, [push])
 
 
-def cancel(reg: Registry, repo: str, upload_id: str) -> None:
+def cancel(reg: Context, repo: str, upload_id: str) -> None:
     status(reg, repo, upload_id)
     _forget(reg, upload_id)
 
 
-def _forget(reg: Registry, upload_id: str) -> None:
+def _forget(reg: Context, upload_id: str) -> None:
     with reg.db.transaction(write=True) as session:
-        session.execute(_FORGET, {"upload": upload_id})
+        queries.forget_upload(session, upload_id)
     _remove_bytes(reg, upload_id)
 
 
-def _remove_bytes(reg: Registry, upload_id: str) -> None:
+def _remove_bytes(reg: Context, upload_id: str) -> None:
     _hashes.drop(upload_id)
     with contextlib.suppress(PathNotFound):
         reg.driver.delete(paths.upload_dir(upload_id))
 
 
-def purge_stale(reg: Registry, max_age: int | None = None) -> int:
+def purge_stale(reg: Context, max_age: int | None = None) -> int:
     """Forget upload sessions idle for longer than max_age and delete their bytes, as well as
     upload files the database does not know (a crash between file and row). Returns how
     many uploads' bytes went."""
     cutoff = _now() - timedelta(seconds=reg.settings.upload_max_age if max_age is None else max_age)
     with reg.db.transaction(write=True) as session:
-        stale = list(session.scalars(select(Upload.id).where(Upload.updated_at < cutoff)))
-        if stale:
-            session.execute(delete(Upload).where(Upload.id.in_(stale)))
-        known = set(session.scalars(select(Upload.id)))
+        stale, known = queries.forget_stale_uploads(session, cutoff)
     for upload_id in stale:
         _remove_bytes(reg, upload_id)
     try:

@@ -1,8 +1,6 @@
-"""Pluggable blob storage: pick a driver by name from the settings."""
+"""Pluggable blob storage: a driver by name and parameters (app/context.py passes the settings)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from app.storage.base import (
     FileInfo,
@@ -14,9 +12,6 @@ from app.storage.base import (
     StorageError,
 )
 
-if TYPE_CHECKING:
-    from app.config import Settings
-
 __all__ = [
     "FileInfo",
     "FileWriter",
@@ -26,23 +21,7 @@ __all__ = [
     "StorageDriver",
     "StorageError",
     "create_driver",
-    "driver_params",
 ]
-
-
-def driver_params(settings: Settings) -> dict[str, str]:
-    """create_driver's params from the Settings (storage_root and the s3_* fields)."""
-    return {
-        "root": settings.storage_root,
-        "bucket": settings.s3_bucket,
-        "endpoint_url": settings.s3_endpoint_url,
-        "region": settings.s3_region,
-        "access_key": settings.s3_access_key,
-        "secret_key": settings.s3_secret_key,
-        "prefix": settings.s3_prefix,
-        "redirect": str(settings.s3_redirect),
-        "part_size": str(settings.s3_part_size),
-    }
 
 
 def create_driver(name: str, params: dict[str, str]) -> StorageDriver:

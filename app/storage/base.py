@@ -127,6 +127,11 @@ class StorageDriver(abc.ABC):
         """A URL the client may fetch the bytes from directly; None: serve them yourself."""
         return None
 
+    def local_path(self, path: str) -> str | None:
+        """The file holding `path` on this host, for a front end to send (blob offload);
+        None where the bytes are not a local file."""
+        return None
+
     def exists(self, path: str) -> bool:
         try:
             self.stat(path)

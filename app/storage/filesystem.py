@@ -3,6 +3,7 @@ that is where bytes become a blob. Chunks of an upload are only flushed (see Fil
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import ctypes
 import os
@@ -36,7 +37,7 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     except (OSError, AttributeError):
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 _sync_file_range = _load_sync_file_range()
@@ -103,6 +104,9 @@ class FilesystemDriver(StorageDriver):
 
     def full_path(self, path: str) -> Path:
         return self.root / check_path(path)
+
+    def local_path(self, path: str) -> str | None:
+        return str(self.full_path(path))
 
     def get_content(self, path: str) -> bytes:
         try:
@@ -188,7 +192,7 @@ class FilesystemDriver(StorageDriver):
         for directory in created:
             _fsync(directory.parent)
 
-    def _make_parents(self, target: Path) -> list[Path]:
+    def _make_parents(self, target: Path) -> builtins.list[Path]:
         """Create target's missing parent directories (deepest first in the list returned);
         the caller makes their entries durable: after a crash a renamed-in blob must not
         vanish with a directory that was never written down."""

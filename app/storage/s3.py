@@ -294,7 +294,8 @@ class S3Driver(StorageDriver):
 
     def head(self, path: str) -> dict[str, Any]:
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=self.key(path))
+            found: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=self.key(path))
+            return found
         except ClientError as exc:
             if _code(exc) in _NOT_FOUND:
                 raise PathNotFound(path) from exc
@@ -374,7 +375,7 @@ class S3Driver(StorageDriver):
             if offset == int(self.head(path)["ContentLength"]):
                 return io.BytesIO(b"")
             raise InvalidOffset(f"{path}@{offset}") from exc
-        return io.BufferedReader(_ObjectStream(response["Body"]), buffer_size=256 * 1024)  # type: ignore[return-value]
+        return io.BufferedReader(_ObjectStream(response["Body"]), buffer_size=256 * 1024)
 
     def writer(self, path: str, append: bool = False) -> FileWriter:
         return _MultipartWriter(self, check_path(path), append)
@@ -448,6 +449,7 @@ class S3Driver(StorageDriver):
         if not self.redirect or method not in ("GET", "HEAD"):
             return None
         operation = "get_object" if method == "GET" else "head_object"
-        return self.client.generate_presigned_url(
+        url: str = self.client.generate_presigned_url(
             operation, Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=REDIRECT_TTL
         )
+        return url

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from flask import Blueprint, jsonify
+from flask import Blueprint
 
 from app.errors import NameInvalid
 from app.registry import repositories
-from app.views.base import Response, registry
+from app.views.base import Response, json_response, registry
 from app.views.origin import request_info
 
 bp = Blueprint("admin", __name__)
@@ -18,9 +18,7 @@ bp = Blueprint("admin", __name__)
 def delete_repository(name: str) -> Response:
     """202: the repository is gone and the blobs only it used are freed; the body counts."""
     deleted = repositories.delete(registry(), name, origin=request_info())
-    response = jsonify(asdict(deleted))
-    response.status_code = 202
-    return response
+    return json_response(asdict(deleted), 202)
 
 
 @bp.delete("/api/v1/repositories/<path:name>")

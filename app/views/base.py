@@ -13,8 +13,9 @@ from flask import Response as FlaskResponse
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
+from app.auth.guard import OPEN, Access
+from app.context import Registry
 from app.errors import NameInvalid, NotFound, PaginationNumberInvalid, RegistryError, Unsupported
-from app.registry.context import Registry
 from app.registry.references import NAME_MAX_LENGTH, NAME_PATTERN, is_valid_name
 
 bp = Blueprint("base", __name__)
@@ -27,6 +28,15 @@ class Response(FlaskResponse):
 
 
 log = logging.getLogger(__name__)
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    """jsonify, typed as what it builds: init_app makes Response the app's response_class."""
+    response = jsonify(data)
+    assert isinstance(response, Response)
+    response.status_code = status
+    return response
+
 
 # The shapes of every /v2 endpoint, the name matched loosely: a request whose name is
 # malformed gets NAME_INVALID, and a known path with the wrong method gets UNSUPPORTED.
@@ -48,12 +58,19 @@ class RepositoryNameConverter(BaseConverter):
 
 
 def registry() -> Registry:
-    return current_app.extensions["berth"]
+    reg: Registry = current_app.extensions["berth"]
+    return reg
+
+
+def access() -> Access:
+    """What access control decided about this request (app/views/auth.py); OPEN when off."""
+    decided: Access = g.get("berth_access", OPEN)
+    return decided
 
 
 @bp.get("/v2/")
 def version_check() -> Response:
-    return jsonify({})
+    return json_response({})
 
 
 @bp.route("/v2/<path:rest>", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
@@ -86,15 +103,14 @@ def paginated(path: str, key: str, items: list[str], limit: int | None, **extra:
     more = limit is not None and len(items) > limit
     if more:
         items = items[:limit]
-    response = jsonify({**extra, key: items})
+    response = json_response({**extra, key: items})
     if more and limit:
         response.headers["Link"] = next_link(path, items, limit)
     return response
 
 
 def _error_response(error: RegistryError) -> Response:
-    response = jsonify({"errors": error.entries()})
-    response.status_code = error.status
+    response = json_response({"errors": error.entries()}, error.status)
     response.headers.update(error.headers)
     return response
 
@@ -132,25 +148,12 @@ def init_app(app: Flask) -> None:
             return _error_response(Unsupported(message="method not allowed"))
         if error.code == 404:
             return _error_response(NotFound({"path": request.path}))
-        response = jsonify(
-            {"errors": [{"code": "UNKNOWN", "message": error.description or error.name}]}
-        )
-        response.status_code = error.code or 500
-        return response
+        body = {"errors": [{"code": "UNKNOWN", "message": error.description or error.name}]}
+        return json_response(body, error.code or 500)
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
         log.exception("request %s failed", g.get("request_id"))
-        response = jsonify(
-            {
-                "errors": [
-                    {
-                        "code": "UNKNOWN",
-                        "message": "internal error",
-                        "detail": {"request_id": g.get("request_id")},
-                    }
-                ]
-            }
-        )
-        response.status_code = 500
-        return response
+        detail = {"request_id": g.get("request_id")}
+        body = {"errors": [{"code": "UNKNOWN", "message": "internal error", "detail": detail}]}
+        return json_response(body, 500)

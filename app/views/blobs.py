@@ -7,11 +7,10 @@ from typing import BinaryIO
 
 from flask import Blueprint, request
 
-from app.registry import blobs, events
+from app.registry import blobs
 from app.registry.references import Digest
 from app.views.base import Response, registry
 from app.views.http import byte_range
-from app.views.offload import offloaded
 from app.views.origin import request_info
 
 bp = Blueprint("blobs", __name__)
@@ -31,38 +30,40 @@ def _limited(stream: BinaryIO, length: int, chunk: int = 256 * 1024) -> Iterator
             yield data
 
 
+# The front end applies the client's Range to the file and sets these itself.
+_OFFLOAD_DROPS = ("Content-Length", "Content-Range", "Accept-Ranges")
+
+
 @bp.route("/v2/<repo:name>/blobs/<digest>", methods=["GET", "HEAD"])
 def get_blob(name: str, digest: str) -> Response:
-    reg, parsed = registry(), Digest.parse(digest)
-    info = blobs.stat(reg, name, parsed)
+    found = blobs.find(registry(), name, Digest.parse(digest))
     headers = {
-        "Docker-Content-Digest": info.digest,
-        "ETag": f'"{info.digest}"',
+        "Docker-Content-Digest": str(found.digest),
+        "ETag": f'"{found.digest}"',
         "Accept-Ranges": "bytes",
         "Cache-Control": "max-age=31536000",
     }
-    span = byte_range(request.headers.get("Range"), info.size)
-    start, end = span or (0, info.size - 1)
-    length = end - start + 1 if info.size else 0
+    span = byte_range(request.range, found.size)
+    start, end = span or (0, found.size - 1)
+    length = end - start + 1 if found.size else 0
     headers["Content-Length"] = str(length)
     status = 200
     if span is not None:
         status = 206
-        headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+        headers["Content-Range"] = f"bytes {start}-{end}/{found.size}"
     if request.method == "HEAD":
         return Response(status=status, headers=headers, content_type="application/octet-stream")
-    if start == 0:  # a download resumed further on is not another pull
-        events.publish(
-            reg, lambda: events.blob_event("pull", name, info.digest, info.size, request_info())
-        )
-    offload = offloaded(reg, parsed, headers)
-    if offload is not None:
-        return offload
-    if (url := blobs.redirect_url(reg, parsed)) is not None:  # the object store sends the bytes
-        return Response(status=307, headers={"Location": url, "Content-Length": "0"})
-    stream = blobs.open_blob(reg, parsed, start)
+    delivery = found.deliver(start, pulled_by=request_info)
+    if delivery.offload is not None:
+        # Always an empty 200: the front end answers the Range; Digest and ETag pass on.
+        kept = {k: v for k, v in headers.items() if k not in _OFFLOAD_DROPS}
+        headers = {**kept, **delivery.offload, "Content-Length": "0"}
+        return Response(status=200, headers=headers, content_type="application/octet-stream")
+    if delivery.redirect is not None:  # the object store sends the bytes
+        return Response(status=307, headers={"Location": delivery.redirect, "Content-Length": "0"})
+    assert delivery.stream is not None
     return Response(
-        _limited(stream, length),
+        _limited(delivery.stream, length),
         status=status,
         headers=headers,
         content_type="application/octet-stream",

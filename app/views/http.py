@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 
 from flask import Request
+from werkzeug.datastructures import Range
 
 from app.errors import RangeInvalid, SizeInvalid
 
 _CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def content_length(request: Request) -> int | None:
@@ -38,25 +38,22 @@ def content_range(request: Request) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The (start, end inclusive) of a single `Range: bytes=` request, None to send it all.
+def byte_range(requested: Range | None, size: int) -> tuple[int, int] | None:
+    """The (start, end inclusive) of a single byte range (werkzeug parsed the header), None
+    to send it all.
 
-    Unsatisfiable ranges raise RANGE_INVALID; syntax we do not serve (several ranges)
-    is ignored, as RFC 9110 allows."""
-    if not header:
+    Unsatisfiable ranges raise RANGE_INVALID; what we do not serve (several ranges, other
+    units) is ignored, as RFC 9110 allows. A suffix longer than the blob is the whole blob
+    (RFC 9110 14.1.2), which werkzeug's range_for_length would refuse."""
+    if requested is None or requested.units != "bytes" or len(requested.ranges) != 1:
         return None
-    match = _RANGE.match(header.strip())
-    if not match or (not match.group(1) and not match.group(2)):
-        return None
-    first, last = match.group(1), match.group(2)
-    if first:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-        if last and int(last) < start:
-            return None
+    first, stop = requested.ranges[0]
+    if first < 0:  # a suffix: the last -first bytes
+        start, end = max(size + first, 0), size - 1
     else:
-        start, end = max(size - int(last), 0), size - 1
+        start, end = first, size - 1 if stop is None else min(stop - 1, size - 1)
     if start >= size or end < start:
+        header = requested.to_header()
         raise RangeInvalid(
             {"range": header, "size": size}, headers={"Content-Range": f"bytes */{size}"}
         )

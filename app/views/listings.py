@@ -9,8 +9,7 @@ from flask import Blueprint, request
 from app.registry import listings
 from app.registry.manifests import OCI_INDEX
 from app.registry.references import Digest
-from app.views.auth import visible_catalog
-from app.views.base import MAX_PAGE, Response, page_args, paginated, registry
+from app.views.base import MAX_PAGE, Response, access, page_args, paginated, registry
 
 bp = Blueprint("listings", __name__)
 
@@ -27,7 +26,8 @@ def list_tags(name: str) -> Response:
 def catalog() -> Response:
     limit, last = page_args()
     limit = MAX_PAGE if limit is None else limit
-    names = visible_catalog(registry(), last, limit + 1)  # only what the caller may pull
+    # Only what the caller may pull.
+    names = listings.catalog(registry(), last, limit + 1, access().catalog_filter())
     return paginated(request.path, "repositories", names, limit)
 
 

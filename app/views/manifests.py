@@ -5,8 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, request
 
 from app.errors import PayloadTooLarge
-from app.registry import events, manifests
-from app.registry.references import is_digest
+from app.registry import manifests
 from app.views.base import Response, registry
 from app.views.http import content_length
 from app.views.origin import request_info
@@ -16,25 +15,13 @@ bp = Blueprint("manifests", __name__)
 
 @bp.route("/v2/<repo:name>/manifests/<reference>", methods=["GET", "HEAD"])
 def get_manifest(name: str, reference: str) -> Response:
-    stored = manifests.get(registry(), name, reference)
-    etag = f'"{stored.digest}"'
-    headers = {
-        "Docker-Content-Digest": stored.digest,
-        "ETag": etag,
-        "Content-Length": str(len(stored.payload)),
-    }
-    if_none_match = request.headers.get("If-None-Match", "")
-    if etag in if_none_match or stored.digest in if_none_match.split(","):
-        del headers["Content-Length"]
+    client_has = request.if_none_match.contains_weak  # a digest, quoted or not, or "*"
+    pulled_by = request_info if request.method == "GET" else None
+    stored = manifests.get(registry(), name, reference, pulled_by, client_has)
+    headers = {"Docker-Content-Digest": stored.digest, "ETag": f'"{stored.digest}"'}
+    if client_has(stored.digest):
         return Response(status=304, headers=headers)
-    if request.method == "GET":
-        tag = None if is_digest(reference) else reference
-        events.publish(
-            registry(),
-            lambda: events.manifest_event(
-                "pull", name, stored.digest, stored.media_type, stored.payload, tag, request_info()
-            ),
-        )
+    headers["Content-Length"] = str(len(stored.payload))
     # Werkzeug sends no body for HEAD but keeps the Content-Length of the real payload.
     return Response(stored.payload, headers=headers, content_type=stored.media_type)
 

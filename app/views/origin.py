@@ -6,13 +6,14 @@ from typing import Any
 
 from flask import g, request
 
-from app.registry.events import RequestInfo
+from app.notifications.events import RequestInfo
+from app.views.base import access
 
 
 def _actor() -> str:
-    # g.auth_user is set by access control (app/views/auth.py) once a user is authenticated;
-    # REMOTE_USER when a WSGI front end authenticated the request. Anonymous: the actor is {}.
-    user: Any = g.get("auth_user") or request.remote_user
+    # The user access control authenticated (app/views/auth.py), or REMOTE_USER when a WSGI
+    # front end authenticated the request. Anonymous: the actor is {}.
+    user: Any = access().user or request.remote_user
     if user is None or isinstance(user, str):
         return user or ""
     return str(getattr(user, "name", None) or getattr(user, "username", None) or "")

@@ -10,8 +10,7 @@ from flask import Blueprint, request
 from app.errors import BlobUploadInvalid, RangeInvalid
 from app.registry import blobs, uploads
 from app.registry.references import Digest
-from app.views.auth import may_pull
-from app.views.base import Response, registry
+from app.views.base import Response, access, registry
 from app.views.http import content_length, content_range, has_body
 from app.views.origin import request_info
 
@@ -56,7 +55,7 @@ def _created(name: str, digest: str) -> Response:
 def start_upload(name: str) -> Response:
     reg = registry()
     mount, source = request.args.get("mount"), request.args.get("from")
-    if source and not may_pull(source):
+    if source and not access().may_pull(source):
         source = None  # mount only from where the caller may pull; else an ordinary upload
     if mount and source:
         digest = Digest.parse(mount)

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from app.registry import users
+from app.auth import users
 from tests.helpers import RegistryClient, error_codes, sha256
 
 COST = 4  # bcrypt cost for test accounts: fast, and still real bcrypt
@@ -40,7 +40,7 @@ def as_user(app: Flask, user: str | None, password: str | None = None) -> FlaskC
 def add_users(app: Flask, passwords: dict[str, str]) -> None:
     reg = app.extensions["berth"]
     for name, password in passwords.items():
-        users.add(reg, name, password, COST)
+        users.add(reg.db, name, password, COST)
 
 
 @pytest.fixture
@@ -249,10 +249,10 @@ def test_password_change_and_delete_drop_cached_logins(app: Flask, accounts: Non
     reg = app.extensions["berth"]
     reader = as_user(app, "reader")
     assert reader.get("/v2/").status_code == 200  # now cached
-    users.set_password(reg, "reader", "new-pw", COST)
+    users.set_password(reg.db, "reader", "new-pw", COST)
     assert reader.get("/v2/").status_code == 401
     assert as_user(app, "reader", "new-pw").get("/v2/").status_code == 200
-    users.remove(reg, "reader")
+    users.remove(reg.db, "reader")
     assert as_user(app, "reader", "new-pw").get("/v2/").status_code == 401
 
 

@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.registry import tokens
+from app.auth import tokens
 from tests.api.test_auth import PASSWORDS, RULES, add_users, as_user, basic
 from tests.helpers import RegistryClient, error_codes, sha256
 
@@ -49,7 +49,7 @@ def access_of(token: str) -> list[dict[str, Any]]:
 
 
 def signing_key(app: Flask) -> tokens.SigningKey:
-    return app.extensions["berth_auth"].key()
+    return app.extensions["berth"].guard.key()
 
 
 def forge(key: tokens.SigningKey, subject: str, access: list[dict], **kw: Any) -> str:
@@ -252,7 +252,7 @@ def test_the_generated_key_is_kept(app: Flask, database_url: str, accounts: None
         {"database_url": database_url, "storage_driver": "inmemory", "auth": "token"}
     )
     try:
-        assert other.extensions["berth_auth"].key().kid == first.kid
+        assert other.extensions["berth"].guard.key().kid == first.kid
     finally:
         other.extensions["berth"].db.dispose()
 
@@ -266,7 +266,7 @@ def test_configured_key_file(database_url: str, tmp_path) -> None:
     settings = {"database_url": database_url, "storage_driver": "inmemory", "auth": "token"}
     app = create_app({**settings, "auth_token_key": str(key_path)})
     try:
-        assert app.extensions["berth_auth"].key().algorithm == "ES256"
+        assert app.extensions["berth"].guard.key().algorithm == "ES256"
     finally:
         app.extensions["berth"].db.dispose()
     (tmp_path / "bad.pem").write_text("not a key")

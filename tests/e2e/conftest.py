@@ -123,10 +123,12 @@ StartServer = Callable[..., BerthServer]
 def berth_server_factory(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StartServer]:
-    """Returns start(database_url=None, storage_root=None, env=None, name=None) -> BerthServer.
+    """Returns start(database_url=None, storage_root=None, env=None, name=None, berth=None)
+    -> BerthServer.
 
-    Defaults: a fresh SQLite file and storage directory per server. Servers are stopped at
-    teardown (SIGTERM to all at once, SIGKILL after STOP_TIMEOUT).
+    Defaults: a fresh SQLite file and storage directory per server, and the `berth` of this
+    interpreter (`berth` names another installation's). Servers are stopped at teardown
+    (SIGTERM to all at once, SIGKILL after STOP_TIMEOUT).
     """
     servers: list[BerthServer] = []
     request.node.stash[_SERVERS] = servers
@@ -136,6 +138,7 @@ def berth_server_factory(
         storage_root: Path | None = None,
         env: dict[str, str] | None = None,
         name: str | None = None,
+        berth: Path = BERTH,
     ) -> BerthServer:
         workdir = tmp_path_factory.mktemp(name or "berth")
         database_url = database_url or f"sqlite:///{workdir / 'berth.db'}"
@@ -153,7 +156,7 @@ def berth_server_factory(
             log_path = workdir / f"server-{port}.log"
             with log_path.open("wb") as log_file:
                 process = subprocess.Popen(
-                    [str(BERTH), "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)],
+                    [str(berth), "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)],
                     cwd=workdir,
                     env=server_env,
                     stdin=subprocess.DEVNULL,

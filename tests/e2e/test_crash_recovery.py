@@ -20,10 +20,8 @@ from pathlib import Path
 import requests
 
 from app.config import load_settings
-from app.db import Database
+from app.context import Registry
 from app.registry import uploads
-from app.registry.context import Registry
-from app.storage import create_driver
 from tests.e2e.conftest import BerthServer, StartServer
 
 MiB = 1024 * 1024
@@ -86,12 +84,11 @@ def _purge(database_url: str, storage: Path, max_age: int) -> int:
     settings = load_settings(
         environ={}, overrides={"database_url": database_url, "storage_root": str(storage)}
     )
-    driver = create_driver("filesystem", {"root": str(storage)})
-    reg = Registry(Database(database_url), driver, settings)
+    reg = Registry.from_settings(settings)
     try:
         return uploads.purge_stale(reg, max_age=max_age)
     finally:
-        reg.db.dispose()
+        reg.close()
 
 
 def _files(root: Path) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from app import create_app
-from app.registry.context import Registry
+from app.context import Registry
 from tests.e2e.conftest import (  # noqa: F401  (end-to-end fixtures, reused here)
     berth_server_factory,
     pg_database,

@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ConfigError, load_settings
-from app.registry.endpoints import configured, enabled, parse_duration
+from app.config import ConfigError, Settings, load_settings, parse_duration
+from app.context import Features
+from app.notifications.endpoints import Endpoint, enabled
+
+
+def configured(settings: Settings) -> tuple[Endpoint, ...]:
+    return Features.from_settings(settings).endpoints
 
 
 def test_distribution_config_carries_over(tmp_path: Path) -> None:
@@ -49,7 +54,7 @@ disabled = true
     # distribution's defaults when unset: 1s timeout, threshold 10, 1s backoff
     assert (second.timeout, second.threshold, second.backoff) == (1.0, 10, 1.0)
     assert second.disabled
-    assert [ep.name for ep in enabled(settings)] == ["alistener"]
+    assert [ep.name for ep in enabled(configured(settings))] == ["alistener"]
 
 
 def test_endpoints_from_the_environment_as_json() -> None:
@@ -78,7 +83,7 @@ def test_endpoints_from_the_environment_as_json() -> None:
 )
 def test_bad_endpoints_are_refused_by_name(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings({}, overrides={"notifications": [raw]})
+        configured(load_settings({}, overrides={"notifications": [raw]}))
     assert str(caught.value).startswith("notifications: ")
     assert message in str(caught.value)
 
@@ -86,7 +91,7 @@ def test_bad_endpoints_are_refused_by_name(raw: dict, message: str) -> None:
 def test_duplicate_names_and_bad_json_are_refused() -> None:
     twice = [{"name": "a", "url": "http://x/"}, {"name": "a", "url": "http://y/"}]
     with pytest.raises(ConfigError, match="unique: a"):
-        load_settings({}, overrides={"notifications": twice})
+        configured(load_settings({}, overrides={"notifications": twice}))
     with pytest.raises(ConfigError, match="notifications: not valid JSON"):
         load_settings({"BERTH_NOTIFICATIONS": "[{"})
     with pytest.raises(ConfigError, match="notifications_retention"):
@@ -95,7 +100,15 @@ def test_duplicate_names_and_bad_json_are_refused() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("1s", 1.0), ("500ms", 0.5), ("1m30s", 90.0), ("2h", 7200.0), ("1.5s", 1.5), ("3", 3.0)],
+    [
+        ("1s", 1.0),
+        ("500ms", 0.5),
+        ("1m30s", 90.0),
+        ("2h", 7200.0),
+        ("1.5s", 1.5),
+        ("3", 3.0),
+        ("1d", 86400.0),
+    ],
 )
 def test_go_durations(text: str, seconds: float) -> None:
     assert parse_duration(text, "x") == pytest.approx(seconds)

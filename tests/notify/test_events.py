@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
 from app.db.models import Manifest, NotificationEvent
-from app.registry import notify
-from app.registry.events import BLOB_MEDIA_TYPE
+from app.notifications import delivery as notify
+from app.notifications.events import BLOB_MEDIA_TYPE
 from tests.helpers import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, sha256
 from tests.notify.conftest import MakeRegistry
 from tests.notify.envelope import check_envelope

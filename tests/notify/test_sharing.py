@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from app.registry import notify
+from app.notifications import delivery as notify
 from tests.notify.conftest import MakeRegistry
 from tests.notify.receiver import Receiver
 

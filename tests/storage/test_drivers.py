@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from app.config import ConfigError, load_settings
+from app.context import storage_driver
 from app.storage import (
     FileWriter,
     InvalidOffset,
@@ -28,7 +29,6 @@ from app.storage import (
     StorageDriver,
     StorageError,
     create_driver,
-    driver_params,
 )
 from app.storage import s3 as s3_module
 from app.storage.filesystem import FilesystemDriver
@@ -1129,7 +1129,7 @@ def test_s3_settings_build_the_driver(s3_server: S3Server, s3_bucket: str) -> No
         "BERTH_DATABASE_URL": "sqlite:///unused.db",
     }
     settings = load_settings(environ=env)
-    built = create_driver(settings.storage_driver, driver_params(settings))
+    built = storage_driver(settings)
     assert isinstance(built, S3Driver)
     assert (built.bucket, built.prefix, built.redirect, built.part_size) == (
         s3_bucket,

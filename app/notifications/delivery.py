@@ -1,4 +1,4 @@
-"""Webhook delivery: sends the outbox (app/registry/events.py) to every endpoint.
+"""Webhook delivery: sends the outbox (app/notifications/outbox.py) to every endpoint.
 
 - At least once: an event stays "pending" for an endpoint until a POST holding it got a
   2xx/3xx answer; only then is it marked "sent". A crash between the two resends it.
@@ -28,11 +28,11 @@ from typing import Any
 import requests
 from sqlalchemy import delete, exists, func, select, update
 
-from app.db import queries
 from app.db.models import NotificationDelivery, NotificationEndpoint, NotificationEvent
-from app.registry import events
-from app.registry.context import Registry
-from app.registry.endpoints import Endpoint, configured, enabled
+from app.db.upserts import insert_ignore
+from app.notifications import events, outbox
+from app.notifications.context import Context
+from app.notifications.endpoints import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +46,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite hands timestamps back without a zone; they were written in UTC.
-    if moment is None or moment.tzinfo:
-        return moment
-    return moment.replace(tzinfo=UTC)
-
-
 def _iso(moment: datetime | None) -> str | None:
-    aware = _aware(moment)
-    return aware.isoformat() if aware else None
+    return moment.isoformat() if moment else None
 
 
 @dataclass(frozen=True)
@@ -71,7 +63,7 @@ class Batch:
 class EndpointWorker:
     """Delivers one endpoint's events. `step` sends at most one envelope."""
 
-    def __init__(self, reg: Registry, endpoint: Endpoint, owner: str) -> None:
+    def __init__(self, reg: Context, endpoint: Endpoint, owner: str) -> None:
         self.reg = reg
         self.endpoint = endpoint
         self.owner = owner
@@ -87,10 +79,10 @@ class EndpointWorker:
         if state is None:
             return 0.0
         wait = 0.0
-        next_attempt = _aware(state.next_attempt_at)
+        next_attempt = state.next_attempt_at
         if next_attempt and next_attempt > now:
             wait = (next_attempt - now).total_seconds()
-        lease_until = _aware(state.lease_until)
+        lease_until = state.lease_until
         if state.lease_owner not in (None, self.owner) and lease_until and lease_until > now:
             wait = max(wait, min((lease_until - now).total_seconds(), POLL_INTERVAL))
         return wait
@@ -115,7 +107,7 @@ class EndpointWorker:
                 return None, wait
         with self.reg.db.transaction(write=True) as session:
             if not self._known:
-                queries.insert_ignore(
+                insert_ignore(
                     session,
                     NotificationEndpoint,
                     {"name": name, "failures": 0, "next_attempt_at": _now()},
@@ -212,7 +204,7 @@ class EndpointWorker:
         return 0.0
 
 
-def purge(reg: Registry, retention: float | None = None) -> int:
+def purge(reg: Context, retention: float | None = None) -> int:
     """Forget delivered events older than the retention; returns how many deliveries went."""
     seconds = reg.settings.notifications_retention if retention is None else retention
     cutoff = _now() - timedelta(seconds=seconds)
@@ -233,11 +225,11 @@ class Deliverer:
     """Every enabled endpoint's worker: one thread per endpoint in `start`/`run`, or all of
     them in turn in `deliver_once` (tests and scripts)."""
 
-    def __init__(self, reg: Registry, poll: float = POLL_INTERVAL) -> None:
+    def __init__(self, reg: Context, poll: float = POLL_INTERVAL) -> None:
         self.reg = reg
         self.poll = poll
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.workers = [EndpointWorker(reg, ep, self.owner) for ep in enabled(reg.settings)]
+        self.workers = [EndpointWorker(reg, ep, self.owner) for ep in reg.outbox.enabled]
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -250,7 +242,7 @@ class Deliverer:
         return sent
 
     def _loop(self, worker: EndpointWorker) -> None:
-        wake = events.subscribe()
+        wake = outbox.subscribe()
         try:
             while not self.stopping.is_set():
                 try:
@@ -262,7 +254,7 @@ class Deliverer:
                     wake.wait(min(wait, self.poll))
                     wake.clear()
         finally:
-            events.unsubscribe(wake)
+            outbox.unsubscribe(wake)
 
     def _purge_loop(self) -> None:
         while not self.stopping.is_set():
@@ -289,24 +281,24 @@ class Deliverer:
 
     def stop(self, timeout: float | None = None) -> None:
         self.stopping.set()
-        events.wake_all()
+        outbox.wake_all()
         for thread in self._threads:
             thread.join(timeout)
 
 
-def start_in_server(reg: Registry) -> Deliverer | None:
+def start_in_server(reg: Context) -> Deliverer | None:
     """A gunicorn worker's delivery threads, unless settings leave delivery to `berth notify`."""
-    if not reg.settings.notifications_in_server or not enabled(reg.settings):
+    if not reg.settings.notifications_in_server or not reg.outbox.enabled:
         return None
     deliverer = Deliverer(reg)
     deliverer.start()
     return deliverer
 
 
-def counts(reg: Registry) -> dict[str, dict[str, int]]:
+def counts(reg: Context) -> dict[str, dict[str, int]]:
     """Per endpoint: events pending, events sent (kept for notifications_retention) and
     failed delivery attempts of those events. For `berth notify status` and /metrics."""
-    result = {ep.name: {"pending": 0, "sent": 0, "failed": 0} for ep in configured(reg.settings)}
+    result = {ep.name: {"pending": 0, "sent": 0, "failed": 0} for ep in reg.outbox.endpoints}
     with reg.db.transaction() as session:
         rows = session.execute(
             select(
@@ -324,9 +316,9 @@ def counts(reg: Registry) -> dict[str, dict[str, int]]:
     return result
 
 
-def status(reg: Registry) -> list[dict[str, Any]]:
+def status(reg: Context) -> list[dict[str, Any]]:
     """counts() plus what an operator needs to see why an endpoint is behind."""
-    by_name = {ep.name: ep for ep in configured(reg.settings)}
+    by_name = {ep.name: ep for ep in reg.outbox.endpoints}
     numbers = counts(reg)
     with reg.db.transaction() as session:
         states = {row.name: row for row in session.scalars(select(NotificationEndpoint))}

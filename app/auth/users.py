@@ -27,8 +27,8 @@ from pathlib import Path
 import bcrypt
 from sqlalchemy import delete, select, update
 
+from app.db import Database
 from app.db.models import AuthUser
-from app.registry.context import Registry
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,17 @@ def _dummy_hash(cost: int) -> str:
 # --- accounts in the database ------------------------------------------------------------
 
 
-def add(reg: Registry, name: str, password: str, cost: int = DEFAULT_COST) -> None:
+def add(db: Database, name: str, password: str, cost: int = DEFAULT_COST) -> None:
     hashed = hash_password(password, cost)
-    with reg.db.transaction(write=True) as session:
+    with db.transaction(write=True) as session:
         if session.scalar(select(AuthUser.id).where(AuthUser.name == check_name(name))):
             raise UserError(f"user {name!r} already exists")
         session.add(AuthUser(name=name, password_hash=hashed))
 
 
-def set_password(reg: Registry, name: str, password: str, cost: int = DEFAULT_COST) -> None:
+def set_password(db: Database, name: str, password: str, cost: int = DEFAULT_COST) -> None:
     hashed = hash_password(password, cost)
-    with reg.db.transaction(write=True) as session:
+    with db.transaction(write=True) as session:
         result = session.execute(
             update(AuthUser).where(AuthUser.name == name).values(password_hash=hashed)
         )
@@ -115,21 +115,21 @@ def set_password(reg: Registry, name: str, password: str, cost: int = DEFAULT_CO
     forget(name)
 
 
-def remove(reg: Registry, name: str) -> None:
-    with reg.db.transaction(write=True) as session:
+def remove(db: Database, name: str) -> None:
+    with db.transaction(write=True) as session:
         result = session.execute(delete(AuthUser).where(AuthUser.name == name))
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise UserError(f"no user {name!r} in the database")
     forget(name)
 
 
-def names(reg: Registry) -> list[str]:
-    with reg.db.transaction() as session:
+def names(db: Database) -> list[str]:
+    with db.transaction() as session:
         return list(session.scalars(select(AuthUser.name).order_by(AuthUser.name)))
 
 
-def stored_hash(reg: Registry, name: str) -> str | None:
-    with reg.db.transaction() as session:
+def stored_hash(db: Database, name: str) -> str | None:
+    with db.transaction() as session:
         return session.scalar(select(AuthUser.password_hash).where(AuthUser.name == name))
 
 
@@ -238,15 +238,14 @@ class CredentialCache:
 class Authenticator:
     """Checks Basic credentials against the database, then the htpasswd file."""
 
-    def __init__(self, reg: Registry) -> None:
-        self.reg = reg
-        self.cache = CredentialCache(reg.settings.auth_cache_ttl)
-        path = reg.settings.auth_htpasswd
-        self.htpasswd = Htpasswd(path) if path else None
+    def __init__(self, db: Database, htpasswd: str = "", cache_ttl: float = 0) -> None:
+        self.db = db
+        self.cache = CredentialCache(cache_ttl)
+        self.htpasswd = Htpasswd(htpasswd) if htpasswd else None
         self._cost = DEFAULT_COST
 
     def lookup(self, name: str) -> str | None:
-        hashed = stored_hash(self.reg, name)
+        hashed = stored_hash(self.db, name)
         if hashed is None and self.htpasswd is not None:
             hashed = self.htpasswd.lookup(name)
         return hashed
@@ -267,7 +266,7 @@ class Authenticator:
 
     def all_names(self) -> list[tuple[str, str]]:
         """(name, where) for every account: "database" or "htpasswd"."""
-        found = [(name, "database") for name in names(self.reg)]
+        found = [(name, "database") for name in names(self.db)]
         known = {name for name, _ in found}
         if self.htpasswd is not None:
             found += [(n, "htpasswd") for n in sorted(self.htpasswd.entries()) if n not in known]

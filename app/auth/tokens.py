@@ -28,11 +28,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 
+from app.auth.policy import ACTIONS, Policy
+from app.config import ConfigError
+from app.db import Database
 from app.db.models import AuthSigningKey
-from app.db.queries import insert_ignore
+from app.db.upserts import insert_ignore
 from app.errors import NameInvalid, RegistryError
-from app.registry.access import ACTIONS, Policy
-from app.registry.context import Registry
 from app.registry.references import is_valid_name
 
 GENERATED_KEY = "default"
@@ -115,8 +116,6 @@ def generate_pem() -> str:
 
 
 def load_key_file(path: str) -> SigningKey:
-    from app.config import ConfigError
-
     try:
         return _from_pem(Path(path).read_bytes())
     except OSError as exc:
@@ -125,14 +124,12 @@ def load_key_file(path: str) -> SigningKey:
         raise ConfigError(f"auth_token_key: {path}: {exc}") from exc
 
 
-def signing_key(reg: Registry) -> SigningKey:
-    """The configured key, or the one kept in the database (made by whoever starts first)."""
-    if reg.settings.auth_token_key:
-        return load_key_file(reg.settings.auth_token_key)
-    with reg.db.transaction() as session:
+def stored_key(db: Database) -> SigningKey:
+    """The key kept in the database, made by whichever worker or instance starts first."""
+    with db.transaction() as session:
         row = session.get(AuthSigningKey, GENERATED_KEY)
     if row is None:
-        with reg.db.transaction(write=True) as session:
+        with db.transaction(write=True) as session:
             values = {"name": GENERATED_KEY, "algorithm": "ES256", "private_key": generate_pem()}
             # Workers start together: the first insert wins and everyone reads that one back.
             insert_ignore(session, AuthSigningKey, values, ["name"])

@@ -1,9 +1,7 @@
-"""Registry events in distribution's notification format, written to the outbox.
+"""Registry events in distribution's notification format.
 
-An event is built from the change a service makes and inserted by `record` into the outbox
-*inside the service's own transaction*: the change and its event commit together or not at
-all. `publish` is for pulls, which change nothing: one short transaction of its own.
-Delivery is app/registry/notify.py's job.
+A service builds an event from the change it makes and hands it to the outbox
+(app/notifications/outbox.py) inside its own transaction. Delivery is delivery.py's job.
 
 Envelope shape (https://distribution.github.io/distribution/about/notifications/):
     {"id", "timestamp", "action": push|pull|mount|delete,
@@ -19,20 +17,10 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import uuid
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-
-from sqlalchemy import event as sa_event
-from sqlalchemy import insert, select
-from sqlalchemy.orm import Session
-
-from app.db.models import Manifest, NotificationDelivery, NotificationEvent, Tag
-from app.registry.context import Registry
-from app.registry.endpoints import enabled
 
 EVENTS_MEDIA_TYPE = "application/vnd.docker.distribution.events.v2+json"
 # distribution describes every blob as application/octet-stream; `ignore.mediatypes` relies on it.
@@ -42,29 +30,6 @@ INSTANCE_ID = str(uuid.uuid4())
 _HOSTNAME = socket.gethostname()
 
 Event = dict[str, Any]
-
-# Set after a transaction that recorded events commits, so this process's delivery threads
-# send at once instead of at their next poll (other processes find them by polling).
-_listeners: set[threading.Event] = set()
-_listeners_lock = threading.Lock()
-
-
-def subscribe() -> threading.Event:
-    flag = threading.Event()
-    with _listeners_lock:
-        _listeners.add(flag)
-    return flag
-
-
-def unsubscribe(flag: threading.Event) -> None:
-    with _listeners_lock:
-        _listeners.discard(flag)
-
-
-def wake_all() -> None:
-    with _listeners_lock:
-        for flag in _listeners:
-            flag.set()
 
 
 @dataclass(frozen=True)
@@ -180,68 +145,3 @@ def tag_deleted(repo: str, tag: str, origin: RequestInfo | None = None) -> Event
 
 def repository_deleted(repo: str, origin: RequestInfo | None = None) -> Event:
     return _event("delete", {"repository": repo}, origin)
-
-
-def _wake(_session: Session) -> None:
-    wake_all()
-
-
-def record(session: Session, reg: Registry, events: Iterable[Event]) -> int:
-    """Put events in the outbox within the caller's transaction, one delivery row per endpoint
-    that wants each. Nothing is written when no endpoint is enabled or all ignore the event."""
-    endpoints = enabled(reg.settings)
-    if not endpoints:
-        return 0
-    written = 0
-    for item in events:
-        names = [endpoint.name for endpoint in endpoints if endpoint.accepts(item)]
-        if not names:
-            continue
-        event_id = session.scalar(
-            insert(NotificationEvent)
-            .values(payload=json.dumps(item, separators=(",", ":")))
-            .returning(NotificationEvent.id)
-        )
-        session.execute(
-            insert(NotificationDelivery),
-            [{"event_id": event_id, "endpoint": name, "status": "pending"} for name in names],
-        )
-        written += 1
-    if written and not sa_event.contains(session, "after_commit", _wake):
-        sa_event.listen(session, "after_commit", _wake, once=True)
-    return written
-
-
-def wanted(reg: Registry, event: Event) -> bool:
-    return any(endpoint.accepts(event) for endpoint in enabled(reg.settings))
-
-
-def publish(reg: Registry, build: Callable[[], Event]) -> None:
-    """Record an event that goes with no change of its own (a pull), in a short transaction.
-    The event is built only when notifications are on: pulls are the hot path."""
-    if not enabled(reg.settings):
-        return
-    event = build()
-    if wanted(reg, event):
-        with reg.db.transaction(write=True) as session:
-            record(session, reg, [event])
-
-
-def record_manifest_deleted(
-    session: Session, reg: Registry, repo: str, manifest_id: int, origin: RequestInfo | None
-) -> None:
-    """Before a manifest and its tags are deleted: the manifest's delete event, then one per
-    tag that goes with it (distribution untags too, and says so)."""
-    if not enabled(reg.settings):
-        return
-    row = session.execute(
-        select(Manifest.digest, Manifest.media_type, Manifest.size).where(
-            Manifest.id == manifest_id
-        )
-    ).one()
-    tags = session.scalars(
-        select(Tag.name).where(Tag.manifest_id == manifest_id).order_by(Tag.name)
-    )
-    gone = manifest_event("delete", repo, row.digest, row.media_type, None, origin=origin)
-    gone["target"]["size"] = gone["target"]["length"] = row.size
-    record(session, reg, [gone, *(tag_deleted(repo, tag, origin) for tag in tags)])

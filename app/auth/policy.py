@@ -17,16 +17,13 @@ auth_anonymous_pull is on, and nothing else.
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from app.config import Settings
+from app.config import ConfigError, Settings
 
 ACTIONS = frozenset({"pull", "push", "delete"})
-AUTH_MODES = ("none", "basic", "token")
 ANY_USER = "*"
 _RULE_KEYS = {"repository", "users", "groups", "actions"}
 
@@ -77,6 +74,25 @@ class Policy:
     def may(self, user: str | None, repository: str, actions: Iterable[str]) -> bool:
         return set(actions) <= self.allowed(user, repository)
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        """The auth_* settings' policy; a bad rule raises ConfigError naming it. Built once,
+        by the composition root: it never changes at run time."""
+        members: dict[str, frozenset[str]] = {}
+        for group, names in settings.auth_groups.items():
+            members[group] = _names(f"auth_groups.{group}", names)
+        admins = settings.auth_admins
+        unknown = set(admins) - {"users", "groups"}
+        if unknown:
+            raise ConfigError(f"auth_admins: unknown key(s) {', '.join(sorted(unknown))}")
+        return cls(
+            anonymous_pull=settings.auth_anonymous_pull,
+            rules=tuple(_rule(i, raw) for i, raw in enumerate(settings.auth_rules)),
+            members=members,
+            admin_users=_names("auth_admins.users", admins.get("users", [])),
+            admin_groups=_names("auth_admins.groups", admins.get("groups", [])),
+        )
+
     def pulls_everything(self, user: str | None) -> bool:
         """True when no repository can be hidden from `user` (the catalog needs no filter)."""
         if self.anonymous_pull or self.is_admin(user):
@@ -90,73 +106,31 @@ class Policy:
         )
 
 
-def _config_error(message: str) -> Exception:
-    from app.config import ConfigError
-
-    return ConfigError(message)
-
-
 def _names(where: str, raw: Any) -> frozenset[str]:
     if isinstance(raw, str):
         raw = [raw]
     if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
-        raise _config_error(f"{where}: expected a list of names, got {raw!r}")
+        raise ConfigError(f"{where}: expected a list of names, got {raw!r}")
     return frozenset(raw)
 
 
 def _rule(index: int, raw: Any) -> Rule:
     where = f"auth_rules[{index}]"
     if not isinstance(raw, dict):
-        raise _config_error(f"{where}: expected a table, got {raw!r}")
+        raise ConfigError(f"{where}: expected a table, got {raw!r}")
     unknown = set(raw) - _RULE_KEYS
     if unknown:
-        raise _config_error(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     pattern = raw.get("repository")
     if not isinstance(pattern, str) or not pattern:
-        raise _config_error(f'{where}: `repository` must be a glob such as "team/*"')
+        raise ConfigError(f'{where}: `repository` must be a glob such as "team/*"')
     actions = _names(f"{where}.actions", raw.get("actions", []))
     if "*" in actions:
         actions = ACTIONS
     if not actions or not actions <= ACTIONS:
-        raise _config_error(f'{where}.actions: must be some of pull, push, delete (or "*")')
+        raise ConfigError(f'{where}.actions: must be some of pull, push, delete (or "*")')
     users = _names(f"{where}.users", raw.get("users", []))
     groups = _names(f"{where}.groups", raw.get("groups", []))
     if not users and not groups:
-        raise _config_error(f"{where}: names no `users` and no `groups`")
+        raise ConfigError(f"{where}: names no `users` and no `groups`")
     return Rule(pattern, users, groups, actions)
-
-
-def _build(settings: Settings) -> Policy:
-    members: dict[str, frozenset[str]] = {}
-    for group, names in settings.auth_groups.items():
-        members[group] = _names(f"auth_groups.{group}", names)
-    admins = settings.auth_admins
-    unknown = set(admins) - {"users", "groups"}
-    if unknown:
-        raise _config_error(f"auth_admins: unknown key(s) {', '.join(sorted(unknown))}")
-    return Policy(
-        anonymous_pull=settings.auth_anonymous_pull,
-        rules=tuple(_rule(i, raw) for i, raw in enumerate(settings.auth_rules)),
-        members=members,
-        admin_users=_names("auth_admins.users", admins.get("users", [])),
-        admin_groups=_names("auth_admins.groups", admins.get("groups", [])),
-    )
-
-
-def policy(settings: Settings) -> Policy:
-    """The settings' access policy; build it once and keep it (it never changes at run time)."""
-    return _build(settings)
-
-
-def check_settings(settings: Settings) -> None:
-    """Called from Settings validation: a bad rule stops start-up with one clear line."""
-    if settings.auth not in AUTH_MODES:
-        raise _config_error(f"auth: {settings.auth!r} is not one of {', '.join(AUTH_MODES)}")
-    _build(settings)
-    for name in ("auth_token_ttl", "auth_max_failures", "auth_failure_window"):
-        if getattr(settings, name) <= 0:
-            raise _config_error(f"{name}: must be positive")
-    if settings.auth_cache_ttl < 0:
-        raise _config_error("auth_cache_ttl: must not be negative (0 turns the cache off)")
-    if not re.fullmatch(r"[^\"\\\x00-\x1f]+", settings.auth_realm):
-        raise _config_error("auth_realm: must be non-empty, without quotes or backslashes")

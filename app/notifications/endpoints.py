@@ -11,8 +11,9 @@ so an existing `notifications.endpoints` section carries over:
     backoff = "1s"                   # wait between attempts once past the threshold (default 1s)
     ignore = { mediatypes = ["application/octet-stream"], actions = ["pull"] }
 
-Durations are Go durations ("500ms", "1m30s") or plain seconds. distribution's deprecated
-`ignoredmediatypes` list is accepted too.
+Durations take the one grammar of app/config.py: Go's ("500ms", "1m30s") plus days ("1d"),
+or plain seconds. distribution's deprecated `ignoredmediatypes` list is accepted too.
+Parsed once, by the composition root (app/context.py), which keeps the result.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from app.config import parse_duration
 
 ACTIONS = ("push", "pull", "mount", "delete")
 DEFAULT_TIMEOUT = 1.0
@@ -38,8 +41,6 @@ _KEYS = {
     "ignore",
     "ignoredmediatypes",
 }
-_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True)
@@ -59,28 +60,6 @@ class Endpoint:
         if event.get("action") in self.ignore_actions:
             return False
         return event.get("target", {}).get("mediaType") not in self.ignore_mediatypes
-
-
-def parse_duration(raw: Any, where: str) -> float:
-    """Seconds from a Go duration string ("500ms", "1m30s") or a number of seconds."""
-    if isinstance(raw, bool):
-        raise ValueError(f"{where}: {raw!r} is not a duration")
-    if isinstance(raw, int | float):
-        seconds = float(raw)
-    elif isinstance(raw, str) and raw.strip():
-        text = raw.strip()
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            seconds = float(text)
-        else:
-            parts = _GO_DURATION.findall(text)
-            if "".join(n + u for n, u in parts) != text:
-                raise ValueError(f"{where}: {raw!r} is not a duration (like 500ms, 2s, 1m30s)")
-            seconds = sum(float(n) * _GO_UNITS[u] for n, u in parts)
-    else:
-        raise ValueError(f"{where}: {raw!r} is not a duration (like 500ms, 2s, 1m30s)")
-    if seconds < 0:
-        raise ValueError(f"{where}: must not be negative")
-    return seconds
 
 
 def _strings(raw: Any, where: str) -> list[str]:
@@ -143,7 +122,7 @@ def parse_endpoint(raw: Any, index: int) -> Endpoint:
     # Zero means "the default", as in distribution's EndpointConfig.defaults().
     return Endpoint(
         name=name,
-        url=url,  # type: ignore[arg-type]
+        url=str(url),
         disabled=disabled,
         headers=_headers(raw.get("headers"), f"{where}.headers"),
         timeout=timeout or DEFAULT_TIMEOUT,
@@ -166,20 +145,5 @@ def parse_endpoints(raw: Any) -> list[Endpoint]:
     return endpoints
 
 
-_parsed: dict[int, tuple[object, list[Endpoint]]] = {}
-
-
-def configured(settings: Any) -> list[Endpoint]:
-    """The endpoints of a Settings object, parsed once per Settings (they were validated when
-    the Settings were built)."""
-    cached = _parsed.get(id(settings))
-    if cached is None or cached[0] is not settings:
-        cached = (settings, parse_endpoints(getattr(settings, "notifications", [])))
-        if len(_parsed) > 64:  # tests build many Settings; a server builds one
-            _parsed.clear()
-        _parsed[id(settings)] = cached
-    return cached[1]
-
-
-def enabled(settings: Any) -> list[Endpoint]:
-    return [endpoint for endpoint in configured(settings) if not endpoint.disabled]
+def enabled(endpoints: list[Endpoint] | tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    return tuple(endpoint for endpoint in endpoints if not endpoint.disabled)

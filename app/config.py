@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import tomllib
@@ -76,6 +77,8 @@ def parse_duration(raw: Any, where: str) -> float:
         raise ConfigError(
             f"{where}: {raw!r} is not a duration (seconds, or like 500ms, 90s, 1h30m, 7d)"
         )
+    if not math.isfinite(seconds):
+        raise ConfigError(f"{where}: {raw!r} is not a finite duration")
     if seconds < 0:
         raise ConfigError(f"{where}: must not be negative")
     return seconds

@@ -73,9 +73,13 @@ def parse(body: bytes, content_type: str | None) -> ParsedManifest:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestInvalid({"reason": str(exc)}, message="manifest is not valid JSON") from exc
+    except RecursionError as exc:  # nested deeper than the parser's stack allows
+        raise ManifestInvalid(message="manifest is nested too deeply") from exc
     if not isinstance(doc, dict):
         raise ManifestInvalid(message="manifest is not a JSON object")
     declared = doc.get("mediaType")
+    if declared is not None and not isinstance(declared, str):
+        raise ManifestInvalid(message="mediaType must be a string")
     header = (content_type or "").split(";")[0].strip() or None
     media_type = declared or header
     if declared and header and declared != header and header != "application/json":
@@ -92,8 +96,10 @@ def parse(body: bytes, content_type: str | None) -> ParsedManifest:
     if artifact_type is not None and not isinstance(artifact_type, str):
         raise ManifestInvalid(message="artifactType must be a string")
     annotations = doc.get("annotations")
-    if annotations is not None and not isinstance(annotations, dict):
-        raise ManifestInvalid(message="annotations must be an object")
+    if annotations is not None and not (
+        isinstance(annotations, dict) and all(isinstance(v, str) for v in annotations.values())
+    ):
+        raise ManifestInvalid(message="annotations must be an object of strings")
     parsed.annotations = annotations
     if media_type in IMAGE_TYPES:
         config = _descriptor(doc.get("config"), "config")

@@ -16,7 +16,7 @@ def content_length(request: Request) -> int | None:
     raw = request.headers.get("Content-Length")
     if raw is None:
         return None
-    if not raw.strip().isdigit():
+    if not (raw.strip().isascii() and raw.strip().isdigit()):
         raise SizeInvalid({"Content-Length": raw}, message="invalid Content-Length")
     return int(raw)
 

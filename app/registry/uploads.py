@@ -27,7 +27,7 @@ from app.errors import (
     SizeInvalid,
 )
 from app.notifications import events
-from app.registry import paths, queries
+from app.registry import blobs, paths, queries
 from app.registry.context import Context
 from app.registry.references import Digest
 from app.storage import PathNotFound
@@ -156,6 +156,43 @@ def start(reg: Context, repo: str) -> UploadState:
         repo_id = queries.ensure_repository(session, repo)
         queries.start_upload(session, upload_id, repo_id)
     return UploadState(upload_id, 0)
+
+
+@dataclass(frozen=True)
+class Begun:
+    """What a POST to the uploads endpoint did: a blob now in the repository (mounted, or
+    uploaded whole), or a session for the client to send chunks to."""
+
+    blob: str | None = None  # the digest, when the blob is there already
+    session: UploadState | None = None
+
+
+def begin(
+    reg: Context,
+    repo: str,
+    *,
+    mount: Digest | None = None,
+    source: str | None = None,
+    digest: Digest | None = None,
+    body: IO[bytes] | None = None,
+    content_length: int | None = None,
+    origin: events.RequestInfo | None = None,
+) -> Begun:
+    """Mount `mount` from `source` (the caller may pull it: the view checked) if it is there;
+    else start a session, and with `digest` take the body as the whole blob (a monolithic
+    upload). A monolithic upload that fails (a wrong digest, a client gone mid-body) leaves
+    no session and no bytes behind."""
+    if mount is not None and source and blobs.mount(reg, repo, mount, source, origin):
+        return Begun(blob=str(mount))
+    state = start(reg, repo)
+    if digest is None:
+        return Begun(session=state)
+    try:
+        complete(reg, repo, state.id, digest, body, None, content_length, origin)
+    except BaseException:
+        _forget(reg, state.id)
+        raise
+    return Begun(blob=str(digest))
 
 
 def _valid_id(upload_id: str) -> bool:

@@ -109,7 +109,7 @@ def paginated(path: str, key: str, items: list[str], limit: int | None, **extra:
     return response
 
 
-def _error_response(error: RegistryError) -> Response:
+def error_response(error: RegistryError) -> Response:
     response = json_response({"errors": error.entries()}, error.status)
     response.headers.update(error.headers)
     return response
@@ -140,14 +140,14 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(RegistryError)
     def _registry_error(error: RegistryError) -> Response:
-        return _error_response(error)
+        return error_response(error)
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
         if error.code == 405:
-            return _error_response(Unsupported(message="method not allowed"))
+            return error_response(Unsupported(message="method not allowed"))
         if error.code == 404:
-            return _error_response(NotFound({"path": request.path}))
+            return error_response(NotFound({"path": request.path}))
         body = {"errors": [{"code": "UNKNOWN", "message": error.description or error.name}]}
         return json_response(body, error.code or 500)
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import contextlib
 
 from flask import Blueprint, request
 
-from app.errors import BlobUploadInvalid, RangeInvalid
-from app.registry import blobs, uploads
+from app.errors import BlobUploadInvalid, RangeInvalid, RegistryError
+from app.registry import uploads
 from app.registry.references import Digest
-from app.views.base import Response, access, registry
+from app.views.base import Response, access, error_response, registry
 from app.views.http import content_length, content_range, has_body
 from app.views.origin import request_info
 
@@ -30,14 +29,16 @@ def _progress(name: str, state: uploads.UploadState, status: int) -> Response:
     return Response(status=status, headers={**_where(name, state), "Content-Length": "0"})
 
 
-@contextmanager
-def _resumable(name: str, upload_id: str) -> Iterator[None]:
-    """A chunk out of order gets 416 with the upload's real position, so the client can resume."""
-    try:
-        yield
-    except RangeInvalid as error:
-        error.headers.update(_where(name, uploads.status(registry(), name, upload_id)))
-        raise
+@bp.errorhandler(RangeInvalid)
+def _out_of_order(error: RangeInvalid) -> Response:
+    """A chunk out of order (or one the upload cannot take): 416 with the upload's real
+    position, so the client can resume."""
+    args = request.view_args or {}
+    if "upload_id" in args:
+        with contextlib.suppress(RegistryError):  # gone meanwhile: no position to give
+            state = uploads.status(registry(), args["name"], args["upload_id"])
+            error.headers.update(_where(args["name"], state))
+    return error_response(error)
 
 
 def _created(name: str, digest: str) -> Response:
@@ -53,22 +54,25 @@ def _created(name: str, digest: str) -> Response:
 
 @bp.post("/v2/<repo:name>/blobs/uploads/")
 def start_upload(name: str) -> Response:
-    reg = registry()
     mount, source = request.args.get("mount"), request.args.get("from")
     if source and not access().may_pull(source):
         source = None  # mount only from where the caller may pull; else an ordinary upload
-    if mount and source:
-        digest = Digest.parse(mount)
-        if blobs.mount(reg, name, digest, source, request_info()):
-            return _created(name, str(digest))
-    state = uploads.start(reg, name)
-    if "digest" in request.args:
-        # Monolithic upload: the whole blob is this request's body.
-        digest = Digest.parse(request.args["digest"])
-        length = content_length(request)
-        uploads.complete(reg, name, state.id, digest, request.stream, None, length, request_info())
-        return _created(name, str(digest))
-    return _progress(name, state, 202)
+    # Validated before anything is created: a bad digest leaves no session behind.
+    digest = Digest.parse(request.args["digest"]) if "digest" in request.args else None
+    begun = uploads.begin(
+        registry(),
+        name,
+        mount=Digest.parse(mount) if mount and source else None,
+        source=source,
+        digest=digest,
+        body=request.stream,
+        content_length=content_length(request),
+        origin=request_info(),
+    )
+    if begun.blob is not None:
+        return _created(name, begun.blob)
+    assert begun.session is not None
+    return _progress(name, begun.session, 202)
 
 
 @bp.get("/v2/<repo:name>/blobs/uploads/<upload_id>")
@@ -84,9 +88,8 @@ def append_chunk(name: str, upload_id: str) -> Response:
         raise BlobUploadInvalid(
             {"Content-Type": content_type}, message="chunks must be application/octet-stream"
         )
-    with _resumable(name, upload_id):
-        span = content_range(request)
-        state = uploads.append(reg, name, upload_id, request.stream, span, content_length(request))
+    span, length = content_range(request), content_length(request)
+    state = uploads.append(reg, name, upload_id, request.stream, span, length)
     return _progress(name, state, 202)
 
 
@@ -95,10 +98,8 @@ def complete_upload(name: str, upload_id: str) -> Response:
     reg = registry()
     digest = Digest.parse(request.args.get("digest", ""))
     body = request.stream if has_body(request) else None
-    with _resumable(name, upload_id):
-        span = content_range(request)
-        length = content_length(request)
-        uploads.complete(reg, name, upload_id, digest, body, span, length, request_info())
+    span, length = content_range(request), content_length(request)
+    uploads.complete(reg, name, upload_id, digest, body, span, length, request_info())
     return _created(name, str(digest))
 
 

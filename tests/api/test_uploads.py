@@ -392,3 +392,46 @@ def test_chunks_across_workers_are_verified_from_the_stored_bytes(
     registry.http.patch(location, data=b"second", headers={**headers, "Content-Range": "6-11"})
     assert registry.http.put(f"{location}?digest={sha256(b'first second')}").status_code == 201
     assert len(reads) == 2
+
+
+def _sessions_and_files(app: Flask) -> tuple[int, list[str]]:
+    reg = app.extensions["berth"]
+    with reg.db.transaction() as session:
+        rows = session.query(Upload).count()
+    try:
+        files = reg.driver.list(paths.UPLOADS_ROOT)
+    except Exception:  # no upload ever wrote a byte
+        files = []
+    return rows, files
+
+
+@pytest.mark.parametrize("digest", ["sha256:..%2F..%2Fetc", "sha256:abc", "md5:" + "0" * 32])
+def test_monolithic_upload_with_a_bad_digest_creates_nothing(
+    app: Flask, registry: RegistryClient, digest: str
+) -> None:
+    response = registry.http.post(f"/v2/team/app/blobs/uploads/?digest={digest}", data=b"x")
+    assert response.status_code == 400
+    assert error_codes(response) == ["DIGEST_INVALID"]
+    assert _sessions_and_files(app) == (0, [])
+
+
+def test_monolithic_upload_of_the_wrong_bytes_leaves_nothing(
+    app: Flask, registry: RegistryClient
+) -> None:
+    response = registry.http.post(
+        f"/v2/team/app/blobs/uploads/?digest={sha256(b'promised')}", data=b"something else"
+    )
+    assert error_codes(response) == ["DIGEST_INVALID"]
+    assert _sessions_and_files(app) == (0, [])
+
+
+def test_monolithic_upload_cut_off_mid_body_leaves_nothing(
+    app: Flask, registry: RegistryClient
+) -> None:
+    response = registry.http.post(
+        f"/v2/team/app/blobs/uploads/?digest={sha256(b'x' * 100_000)}",
+        input_stream=_Disconnecting(b"x" * 40_000),
+        headers={"Content-Length": "100000"},
+    )
+    assert response.status_code == 400
+    assert _sessions_and_files(app) == (0, [])

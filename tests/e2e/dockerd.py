@@ -49,6 +49,19 @@ _PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PUSH_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64}) size: \d+")
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment minus proxies and DOCKER_* settings: everything here is local."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DOCKER_") and k.lower() not in _PROXY_VARIABLES
+    }
+    return {**env, **extra}
+
+
+_PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
 @dataclass
 class DockerEngine:
     """containerd + dockerd running from `dir`; `docker()` gives a CLI with its own config."""
@@ -80,7 +93,7 @@ class DockerEngine:
 
     def ctr(self, *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
         argv = ["ctr", "--address", str(self.containerd_sock), "--namespace", NAMESPACE, *args]
-        return run(argv, timeout=timeout)
+        return run(argv, env=clean_env(), timeout=timeout)
 
     def stop(self) -> None:
         for process in (self.dockerd, self.containerd):  # dockerd first: it uses containerd
@@ -105,13 +118,11 @@ class DockerCLI:
         self.config_dir.mkdir(parents=True, exist_ok=True)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        env.update(
+        return clean_env(
             DOCKER_HOST=f"unix://{self.engine.docker_sock}",
             DOCKER_CONFIG=str(self.config_dir),
             HOME=str(self.config_dir),
         )
-        return env
 
     def __call__(
         self, *args: str, input: str | None = None, timeout: float = 300.0
@@ -207,6 +218,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 str(etc_docker),
                 str(config),
             ],
+            env=clean_env(),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -224,7 +236,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         _wait(
             engine,
             containerd,
-            lambda: run(["ctr", "--address", str(containerd_sock), "version"], timeout=10),
+            lambda: engine.ctr("version", timeout=10),
         )
         with (base / "dockerd.log").open("wb") as log:
             # nsenter execs dockerd in containerd's namespace: its PID is the Popen's.
@@ -245,6 +257,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                     f"--containerd={containerd_sock}",
                     f"--cgroup-parent={cgroup_parent}",
                 ],
+                env=clean_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

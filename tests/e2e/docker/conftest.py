@@ -9,13 +9,22 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import skip_or_fail
+from tests.deploy.frontends import Proxy, V1Stub, gen_certs, start_nginx, world_readable_dir
 from tests.e2e.conftest import BERTH, BerthServer, StartServer
-from tests.e2e.dockerd import BUSYBOX, DockerCLI, DockerEngine, docker_archive, running_engine
+from tests.e2e.dockerd import (
+    BUSYBOX,
+    DockerCLI,
+    DockerEngine,
+    docker_archive,
+    host_address,
+    running_engine,
+)
 
 TOOLS = {
     "docker": "docker.io",
@@ -100,7 +109,10 @@ def auth_server(berth_server_factory: StartServer, tmp_path: Path) -> AuthServer
     pulls, docker-deployer pushes) with DEPLOYER and READER, on SQLite."""
 
     def start(
-        mode: str, anonymous_pull: bool = False, env: dict[str, str] | None = None
+        mode: str,
+        anonymous_pull: bool = False,
+        env: dict[str, str] | None = None,
+        storage_root: Path | None = None,
     ) -> BerthServer:
         database_url = f"sqlite:///{tmp_path / f'auth-{mode}.db'}"
         for name, password in (DEPLOYER, READER):
@@ -111,6 +123,48 @@ def auth_server(berth_server_factory: StartServer, tmp_path: Path) -> AuthServer
             "BERTH_AUTH_ANONYMOUS_PULL": "true" if anonymous_pull else "false",
             **(env or {}),
         }
-        return berth_server_factory(database_url=database_url, env=settings, name=mode)
+        return berth_server_factory(
+            database_url=database_url, env=settings, storage_root=storage_root, name=mode
+        )
 
     return start
+
+
+@dataclass(frozen=True)
+class TlsRegistry:
+    proxy: Proxy  # nginx from deploy/nginx, on an address docker does not call insecure
+    berth: BerthServer  # basic auth, blobs sent by nginx (X-Accel-Redirect)
+    ca: Path
+
+    @property
+    def host(self) -> str:
+        return self.proxy.host
+
+
+@pytest.fixture
+def tls_registry(auth_server: AuthServer, tmp_path: Path) -> Iterator[TlsRegistry]:
+    for tool in ("nginx", "openssl"):
+        if shutil.which(tool) is None:
+            skip_or_fail(f"{tool} not installed (apt-get install -y {tool})")
+    address = host_address()
+    if address is None:
+        # docker skips certificate checks for 127.0.0.0/8: a loopback test would prove nothing.
+        skip_or_fail("no IPv4 address outside 127.0.0.0/8 for a TLS registry docker verifies")
+    certs = tmp_path / "certs"
+    gen_certs(certs, address)
+    storage = world_readable_dir("berth-docker-tls-")  # nginx's workers read blob files
+    v1 = V1Stub()
+    try:
+        berth = auth_server(
+            "basic", env={"BERTH_BLOB_OFFLOAD": "x-accel-redirect"}, storage_root=storage / "s"
+        )
+        proxy = start_nginx(
+            tmp_path / "nginx", certs, berth.host, v1.host, storage / "s", certs / "ca.crt", address
+        )
+        try:
+            yield TlsRegistry(proxy, berth, certs / "ca.crt")
+        finally:
+            proxy.stop()
+    finally:
+        v1.close()
+        shutil.rmtree(storage, ignore_errors=True)

@@ -21,6 +21,7 @@ static busybox layer plus a layer of test files) for `docker load`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -28,6 +29,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import tarfile
 import tempfile
@@ -161,19 +164,30 @@ class DockerCLI:
 
 def host_address() -> str | None:
     """An IPv4 address of this machine outside 127.0.0.0/8 (docker verifies TLS there)."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
-        out = subprocess.run(
-            ["ip", "-4", "-json", "addr", "show", "scope", "global"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout
-        for link in json.loads(out):
-            for info in link.get("addr_info", []):
-                if info.get("family") == "inet" and not info["local"].startswith("127."):
-                    return str(info["local"])
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:  # SIOCGIFADDR: the interface's IPv4 address; fails when it has none
+                answer = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+        address = socket.inet_ntoa(answer[20:24])
+        if not address.startswith("127."):
+            return address
     return None
+
+
+def is_static(executable: Path) -> bool:
+    """Whether an ELF executable has no PT_INTERP, i.e. needs no dynamic loader or libc
+    (Debian's busybox package is dynamic, busybox-static is not)."""
+    with executable.open("rb") as f:
+        header = f.read(64)
+        if header[:5] != b"\x7fELF\x02":  # 64-bit ELF
+            return False
+        (phoff,) = struct.unpack_from("<Q", header, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return all(struct.unpack_from("<I", table, n * phentsize)[0] != 3 for n in range(phnum))
 
 
 def start_engine(cgroup_parent: str) -> DockerEngine:

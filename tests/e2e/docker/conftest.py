@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from tests.e2e.dockerd import (
     DockerEngine,
     docker_archive,
     host_address,
+    is_static,
     running_engine,
 )
 
@@ -43,20 +44,37 @@ DEPLOYER = ("docker-deployer", "deploy-Secret-1")
 READER = ("reader", "reader-Secret-2")
 
 
+_ENGINE = pytest.StashKey[DockerEngine]()
+
+
 @pytest.fixture(scope="session")
-def docker_engine() -> Iterator[DockerEngine]:
+def docker_engine(request: pytest.FixtureRequest) -> Iterator[DockerEngine]:
     for tool, package in TOOLS.items():
         if shutil.which(tool) is None:
             skip_or_fail(f"{tool} not installed (apt-get install -y {package})")
-    if not BUSYBOX.exists():
-        skip_or_fail(f"{BUSYBOX} missing (apt-get install -y busybox-static)")
+    if not (BUSYBOX.exists() and is_static(BUSYBOX)):
+        # The images have no libc: only a static busybox runs in them.
+        skip_or_fail(f"no static {BUSYBOX} (apt-get install -y busybox-static)")
     if os.geteuid() != 0:
         skip_or_fail("dockerd needs root")
     if not Path("/etc/docker").is_dir():
         # The private namespace binds over it; creating it would touch the real /etc.
         skip_or_fail("/etc/docker missing (the docker.io package creates it)")
     with running_engine(cgroup_parent=f"berth-test-{os.getpid()}") as engine:
+        request.config.stash[_ENGINE] = engine
         yield engine
+        del request.config.stash[_ENGINE]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    engine = item.config.stash.get(_ENGINE, None)
+    if engine and report.failed and report.when in ("setup", "call"):
+        report.sections.append(("dockerd and containerd logs (tails)", engine.logs()))
+    return report
 
 
 @pytest.fixture

@@ -76,6 +76,10 @@ def test_anonymous_pull_when_allowed(
 ) -> None:
     server = auth_server(mode, anonymous_pull=True)
     ref = load_image(f"{server.host}/team/public:v1", "anyone may read this")
+    # Answering docker's anonymous GET /v2/ with 200 would make the pull below work, but then
+    # docker never sends credentials: any password logs in and pushes are unauthorized.
+    with pytest.raises(ClientError):
+        docker.login(server.host, DEPLOYER[0], "not-the-password")
     docker.login(server.host, *DEPLOYER)
     docker.push(ref)
     docker("logout", server.host)

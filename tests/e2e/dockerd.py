@@ -269,6 +269,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                     f"--host=unix://{engine.docker_sock}",
                     f"--pidfile={base}/docker.pid",
                     f"--containerd={containerd_sock}",
+                    # cgroupfs: a plain cgroup parent name, with or without systemd.
+                    "--exec-opt=native.cgroupdriver=cgroupfs",
                     f"--cgroup-parent={cgroup_parent}",
                 ],
                 env=clean_env(),

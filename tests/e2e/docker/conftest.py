@@ -151,7 +151,7 @@ def auth_server(berth_server_factory: StartServer, tmp_path: Path) -> AuthServer
 @dataclass(frozen=True)
 class TlsRegistry:
     proxy: Proxy  # nginx from deploy/nginx, on an address docker does not call insecure
-    berth: BerthServer  # basic auth, blobs sent by nginx (X-Accel-Redirect)
+    berth: BerthServer  # auth on, blobs sent by nginx (X-Accel-Redirect)
     ca: Path
 
     @property
@@ -160,7 +160,10 @@ class TlsRegistry:
 
 
 @pytest.fixture
-def tls_registry(auth_server: AuthServer, tmp_path: Path) -> Iterator[TlsRegistry]:
+def tls_registry(
+    request: pytest.FixtureRequest, auth_server: AuthServer, tmp_path: Path
+) -> Iterator[TlsRegistry]:
+    """Parametrise indirectly with the auth mode; basic by default."""
     for tool in ("nginx", "openssl"):
         if shutil.which(tool) is None:
             skip_or_fail(f"{tool} not installed (apt-get install -y {tool})")
@@ -174,7 +177,9 @@ def tls_registry(auth_server: AuthServer, tmp_path: Path) -> Iterator[TlsRegistr
     v1 = V1Stub()
     try:
         berth = auth_server(
-            "basic", env={"BERTH_BLOB_OFFLOAD": "x-accel-redirect"}, storage_root=storage / "s"
+            getattr(request, "param", "basic"),
+            env={"BERTH_BLOB_OFFLOAD": "x-accel-redirect"},
+            storage_root=storage / "s",
         )
         proxy = start_nginx(
             tmp_path / "nginx", certs, berth.host, v1.host, storage / "s", certs / "ca.crt", address

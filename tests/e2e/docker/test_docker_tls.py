@@ -6,12 +6,15 @@ The registry listens on a non-loopback address: docker would skip verification o
 from __future__ import annotations
 
 import pytest
+import requests
 
 from tests.e2e.clients import ClientError
 from tests.e2e.docker.conftest import DEPLOYER, READER, LoadImage, TlsRegistry
 from tests.e2e.dockerd import DockerCLI, DockerEngine
 
 
+# Token mode: the realm docker is sent to must be the proxy's https URL, not Berth's own.
+@pytest.mark.parametrize("tls_registry", ["basic", "token"], indirect=True)
 def test_push_pull_run_over_tls(
     tls_registry: TlsRegistry,
     docker_engine: DockerEngine,
@@ -29,6 +32,13 @@ def test_push_pull_run_over_tls(
     docker.login(host, *DEPLOYER)
     digest, _ = docker.push(ref)
     docker("logout", host)
+
+    challenge = requests.get(
+        f"{tls_registry.proxy.url}/v2/", verify=str(tls_registry.ca), timeout=10
+    ).headers["WWW-Authenticate"]
+    if challenge.startswith("Bearer "):
+        assert f'realm="https://{host}/auth/token"' in challenge
+        assert "GET /auth/token?" in tls_registry.proxy.access_log.read_text()
 
     docker.remove_all_images()
     docker.login(host, *READER)

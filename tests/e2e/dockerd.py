@@ -7,8 +7,9 @@ is /etc/docker/certs.d unless running under RootlessKit), and 20.10 also writes 
 into /etc/docker. So both daemons share a private mount namespace in which /etc/docker is a
 bind mount of <tmp>/etc-docker: per-registry CAs go in `certs_d` and dockerd reads them
 there, as it would read /etc/docker/certs.d, while the real /etc/docker is never touched.
-containerd lives in the same namespace so that what dockerd mounts (network namespaces,
-/dev/shm) is visible to the shims and runc it starts.
+/run is an empty tmpfs there, since containerd 1.6 puts shim sockets in /run/containerd/s
+whatever its state directory. containerd lives in the same namespace so that what dockerd
+mounts (network namespaces, /dev/shm) is visible to the shims and runc it starts.
 
 Docker treats every registry on 127.0.0.0/8 as insecure (HTTPS without verification, then
 plain HTTP), so a TLS test that should prove the CA is checked needs a registry on another
@@ -35,6 +36,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +99,21 @@ class DockerEngine:
     def ctr(self, *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
         argv = ["ctr", "--address", str(self.containerd_sock), "--namespace", NAMESPACE, *args]
         return run(argv, env=clean_env(), timeout=timeout)
+
+    def ctr_run(self, image: str, *command: str) -> str:
+        """`ctr run --rm`, with runc's state, the I/O FIFOs and the cgroup kept under this
+        engine (ctr's defaults are /run/containerd/... and /<namespace>/<id>)."""
+        container = f"ctr-{uuid.uuid4().hex[:12]}"
+        return self.ctr(
+            "run",
+            "--rm",
+            f"--fifo-dir={self.dir}/ctr-fifo",
+            f"--runc-root={self.dir}/ctr-runc",
+            f"--cgroup=/{self.cgroup_parent}/{container}",
+            image,
+            container,
+            *command,
+        ).stdout
 
     def stop(self) -> None:
         for process in (self.dockerd, self.containerd):  # dockerd first: it uses containerd
@@ -227,7 +244,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 "private",
                 "sh",
                 "-c",
-                'mount --bind "$1" /etc/docker && exec containerd --config "$2"',
+                'mount --bind "$1" /etc/docker && mount -t tmpfs -o mode=0755 berth-run /run'
+                ' && exec containerd --config "$2"',
                 "berth-containerd",
                 str(etc_docker),
                 str(config),

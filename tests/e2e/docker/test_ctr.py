@@ -8,7 +8,6 @@ a copy under a new name.
 from __future__ import annotations
 
 import re
-import uuid
 from pathlib import Path
 
 import pytest
@@ -38,8 +37,8 @@ def _pull_run_push(engine: DockerEngine, ref: str, copy: str, *options: str) -> 
     engine.ctr("images", "pull", *options, ref)
     listed = engine.ctr("images", "list").stdout
     row = next(line.split() for line in listed.splitlines() if line.startswith(ref + " "))
-    out = engine.ctr("run", "--rm", ref, f"ctr-{uuid.uuid4().hex[:12]}", "cat", "/etc/message")
-    assert out.stdout == f"pulled by ctr from {ref.split('/', 1)[1]}"
+    out = engine.ctr_run(ref, "cat", "/etc/message")
+    assert out == f"pulled by ctr from {ref.split('/', 1)[1]}"
     engine.ctr("images", "push", *options, copy, ref)  # the local image `ref` as `copy`
     return row[2]
 

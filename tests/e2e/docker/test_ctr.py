@@ -8,6 +8,7 @@ a copy under a new name.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from tests.e2e.dockerd import DockerCLI, DockerEngine
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 
-def _seed(docker: DockerCLI, load_image: LoadImage, ref: str, creds: tuple[str, str] | None):
+def _seed(docker: DockerCLI, load_image: LoadImage, ref: str, creds: tuple[str, str] | None) -> str:
     load_image(ref, f"pulled by ctr from {ref.split('/', 1)[1]}")
     host = ref.split("/", 1)[0]
     if creds:
@@ -33,7 +34,7 @@ def _seed(docker: DockerCLI, load_image: LoadImage, ref: str, creds: tuple[str, 
 
 
 def _pull_run_push(engine: DockerEngine, ref: str, copy: str, *options: str) -> str:
-    """ctr pull, run (the unpacked layers), tag and push; returns the pulled digest."""
+    """ctr pull, run (the unpacked layers), push as `copy`; returns the pulled digest."""
     engine.ctr("images", "pull", *options, ref)
     listed = engine.ctr("images", "list").stdout
     row = next(line.split() for line in listed.splitlines() if line.startswith(ref + " "))
@@ -44,7 +45,7 @@ def _pull_run_push(engine: DockerEngine, ref: str, copy: str, *options: str) -> 
 
 
 @pytest.fixture
-def ctr_images(docker_engine: DockerEngine):
+def ctr_images(docker_engine: DockerEngine) -> Iterator[None]:
     yield
     # --sync: wait for the garbage collector, so a later pull downloads again.
     names = docker_engine.ctr("images", "list", "--quiet").stdout.split()

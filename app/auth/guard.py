@@ -71,6 +71,13 @@ class Guard:
         self.db = db
         self.mode = settings.auth
         self.policy = policy
+        # Docker asks for credentials only when GET /v2/ is challenged, and after a Basic
+        # challenge it refuses to go on without any: an anonymous pull cannot follow one.
+        # So with anonymous pulls on, basic mode challenges with Bearer too, and its token
+        # endpoint gives anonymous callers pull tokens and checks everyone else's password
+        # (docker login keeps failing on a wrong one); Basic credentials sent up front are
+        # taken as before.
+        self.issues_tokens = self.mode == "token" or policy.anonymous_pull
         self.authenticator = Authenticator(db, settings.auth_htpasswd, settings.auth_cache_ttl)
         self.limiter = FailureLimiter(settings.auth_max_failures, settings.auth_failure_window)
         self.trusted_proxies = settings.trusted_proxies()
@@ -141,7 +148,7 @@ class Guard:
             return None
 
     def caller(self, presented: Presented, need: Need) -> Caller:
-        if self.mode == "token":
+        if self.mode == "token" or (self.issues_tokens and presented.token is not None):
             return self.bearer_caller(presented, need)
         return self.basic_caller(presented)
 
@@ -160,7 +167,7 @@ class Guard:
         message: str | None = None,
     ) -> Unauthorized:
         settings = self.settings
-        if self.mode == "token":
+        if self.issues_tokens:
             realm = settings.auth_token_realm or presented.host_url.rstrip("/") + TOKEN_PATH
             header = f'Bearer realm="{realm}",service="{settings.auth_token_service}"'
             if need.scope():
@@ -179,7 +186,7 @@ class Guard:
 
     def allowed(self, caller: Caller, repository: str) -> frozenset[str]:
         granted = self.policy.allowed(caller.user, repository)
-        if self.mode == "token":
+        if self.mode == "token" or caller.token is not None:
             # Both must agree: the token's scope, and the rules as they stand now.
             held = caller.token.actions("repository", repository) if caller.token else frozenset()
             granted &= held
@@ -191,7 +198,7 @@ class Guard:
                 raise self.challenge(need, presented)
             return
         if need.kind == "catalog":
-            if self.mode == "token":
+            if self.mode == "token" or caller.token is not None:
                 held = caller.token.actions("registry", "catalog") if caller.token else None
                 if not held:
                     error = "insufficient_scope" if caller.token else None
@@ -202,7 +209,7 @@ class Guard:
         missing = set(need.actions) - self.allowed(caller, need.repository)
         if not missing:
             return
-        token_too_narrow = self.mode == "token" and caller.token is not None
+        token_too_narrow = caller.token is not None
         if token_too_narrow and self.policy.may(caller.user, need.repository, need.actions):
             # The rules allow it, the token just does not say so: ask for a new one.
             raise self.challenge(need, presented, error="insufficient_scope")
@@ -216,7 +223,8 @@ class Guard:
     def admin(self, presented: Presented) -> Caller:
         """The caller of an /api/ request, who must be an administrator. A bearer token is
         taken in token mode, Basic credentials otherwise (and as a fallback)."""
-        caller = self.bearer_caller(presented, Need("login")) if self.mode == "token" else None
+        bearer = self.mode == "token" or (self.issues_tokens and presented.token is not None)
+        caller = self.bearer_caller(presented, Need("login")) if bearer else None
         if caller is None or caller.user is None:
             caller = self.basic_caller(presented)
         if caller.user is None:

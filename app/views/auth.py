@@ -72,7 +72,7 @@ def _check_access(guard: Guard) -> None:
 @bp.get(TOKEN_PATH)
 def issue_token() -> Response:
     guard = registry().guard
-    assert guard is not None  # registered in token mode only
+    assert guard is not None  # registered only when the guard issues tokens
     return json_response(guard.issue_token(_presented(), request.args.getlist("scope")))
 
 
@@ -86,5 +86,5 @@ def init_app(app: Flask) -> None:
             "auth = %s with no auth_rules or auth_admins: nobody may do anything", guard.mode
         )
     app.before_request(lambda: _check_access(guard))
-    if guard.mode == "token":
+    if guard.issues_tokens:  # token mode, and basic mode with anonymous pulls (guard.py)
         app.register_blueprint(bp)

@@ -126,3 +126,13 @@ class PaginationNumberInvalid(RegistryError):
 class NotFound(RegistryError):
     # A path under /v2/ that names no endpoint at all.
     code, status, message = "NOT_FOUND", 404, "no such endpoint"
+
+
+class Unavailable(RegistryError):
+    # distribution's UNAVAILABLE: the metadata store does not answer; the client may retry.
+    code, status, message = "UNAVAILABLE", 503, "the metadata store is unavailable"
+
+
+class InsufficientStorage(RegistryError):
+    # The server's disk is full: not the client's mistake, and not a bug either.
+    code, status, message = "UNAVAILABLE", 507, "the registry's storage is full"

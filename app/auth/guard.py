@@ -32,12 +32,18 @@ class Need:
     kind: str  # "login" | "catalog" | "repository"
     repository: str = ""
     actions: tuple[str, ...] = ()
+    # Also worth asking for, not required: a mount's source (`repository:FROM:pull`), so a
+    # client that requests exactly the challenged scope gets a token that mounts.
+    wanted: tuple[str, ...] = ()
 
     def scope(self) -> str:
+        """The challenge's scope: what is needed, then what is wanted, space-separated."""
         if self.kind == "catalog":
             return "registry:catalog:*"
         if self.kind == "repository":
-            return f"repository:{self.repository}:{','.join(self.actions)}"
+            return " ".join(
+                (f"repository:{self.repository}:{','.join(self.actions)}", *self.wanted)
+            )
         return ""
 
 
@@ -50,6 +56,9 @@ class Presented:
     peer: str = ""  # the connection's address
     forwarded_for: str = ""  # X-Forwarded-For as received
     host_url: str = ""  # scheme://host/ the client used: the default token realm
+    # An Authorization header that is neither Basic with strict base64 nor (where tokens
+    # are issued) Bearer: refused, not taken as anonymous.
+    malformed: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,9 @@ class Guard:
     def basic_caller(self, presented: Presented) -> Caller:
         """The Basic credentials of this request: 429 while the address is locked out,
         401 for a wrong password or an unknown user (the same answer for both)."""
+        if presented.malformed or (presented.token is not None and presented.basic is None):
+            # Where basic_caller is asked, a Bearer header is no credential either.
+            raise self.basic_challenge("malformed Authorization header")
         if presented.basic is None or presented.basic == ("", ""):
             # containers/image sends an empty `Basic Og==` when it has no credentials.
             return ANONYMOUS
@@ -127,6 +139,10 @@ class Guard:
         return presented.peer
 
     def bearer_caller(self, presented: Presented, need: Need) -> Caller:
+        if presented.malformed:
+            raise self.challenge(
+                need, presented, error="invalid_request", message="malformed Authorization header"
+            )
         if presented.token is None:
             return ANONYMOUS
         claims = self._verify_token(presented.token)
@@ -178,7 +194,7 @@ class Guard:
             header = f'Basic realm="{settings.auth_realm}"'
         detail = None
         if need.kind != "login":
-            type_, name = need.scope().split(":")[:2]
+            type_, name = need.scope().split(" ")[0].split(":")[:2]
             detail = [{"Type": type_, "Name": name, "Action": a} for a in need.actions or ("*",)]
         return Unauthorized(detail, message=message, headers={"WWW-Authenticate": header})
 

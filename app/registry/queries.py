@@ -162,6 +162,7 @@ class StoredManifest:
     media_type: str
     payload: bytes
     subject: str | None = None
+    tags: tuple[str, ...] = ()  # on a push: the tags it was stored under
 
 
 @dataclass(frozen=True)
@@ -210,8 +211,8 @@ def manifest(db: Database, repo: str, *, digest: str = "", tag: str = "") -> Sto
     return StoredManifest(digest_, media_type, bytes(payload), subject)
 
 
-def store_manifest(session: Session, repo_id: int, new: NewManifest, tag: str | None) -> None:
-    """The manifest row (kept if it exists), what it references, and the tag onto it."""
+def store_manifest(session: Session, repo_id: int, new: NewManifest, tags: Sequence[str]) -> None:
+    """The manifest row (kept if it exists), what it references, and the tags onto it."""
     values = {
         "repository_id": repo_id,
         "digest": new.digest,
@@ -230,7 +231,7 @@ def store_manifest(session: Session, repo_id: int, new: NewManifest, tag: str | 
     if refs:
         rows = [{"manifest_id": manifest_id, "digest": d, "kind": k} for d, k in refs]
         insert_ignore(session, ManifestReference, rows, ["manifest_id", "digest"])
-    if tag is not None:
+    for tag in tags:
         upsert(
             session,
             Tag,

@@ -16,6 +16,7 @@ from flask import Blueprint, Flask, g, request
 from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth
 
 from app.auth.guard import TOKEN_PATH, Access, Guard, Need, Presented
+from app.registry.references import is_valid_name
 from app.views.base import Response, json_response, registry
 
 bp = Blueprint("auth", __name__)
@@ -32,9 +33,11 @@ def _presented() -> Presented:
     if credentials is not None:
         basic = (credentials.username or "", credentials.password or "")
     bearer = _bearer.get_auth()
+    sent = request.headers.get("Authorization") is not None
     return Presented(
         basic=basic,
         token=bearer.token if bearer is not None else None,
+        malformed=sent and credentials is None and bearer is None,
         peer=request.remote_addr or "",
         forwarded_for=request.headers.get("X-Forwarded-For", ""),
         host_url=request.host_url,
@@ -53,6 +56,10 @@ def _need() -> Need:
         actions = ("delete",)
     else:
         actions = ("pull", "push")
+    source = request.args.get("from") or ""
+    mounting = request.endpoint == "uploads.start_upload" and request.args.get("mount")
+    if mounting and is_valid_name(source):
+        return Need("repository", name, actions, (f"repository:{source}:pull",))
     return Need("repository", name, actions)
 
 

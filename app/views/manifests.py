@@ -37,15 +37,22 @@ def put_manifest(name: str, reference: str) -> Response:
     if len(body) > limit:
         raise PayloadTooLarge({"limit": limit}, message="manifest too large")
     content_type = request.headers.get("Content-Type")
-    stored = manifests.put(reg, name, reference, body, content_type, request_info())
-    headers = {
-        "Location": f"/v2/{name}/manifests/{stored.digest}",
-        "Docker-Content-Digest": stored.digest,
-        "Content-Length": "0",
-    }
+    tags = request.args.getlist("tag")  # OCI: tags for a push by digest
+    stored = manifests.put(reg, name, reference, body, content_type, request_info(), tags)
+    response = Response(
+        status=201,
+        headers={
+            "Location": f"/v2/{name}/manifests/{stored.digest}",
+            "Docker-Content-Digest": stored.digest,
+            "Content-Length": "0",
+        },
+    )
     if stored.subject:
-        headers["OCI-Subject"] = stored.subject
-    return Response(status=201, headers=headers)
+        response.headers["OCI-Subject"] = stored.subject
+    if tags:
+        for tag in stored.tags:
+            response.headers.add("OCI-Tag", tag)
+    return response
 
 
 @bp.delete("/v2/<repo:name>/manifests/<reference>")

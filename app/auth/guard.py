@@ -88,7 +88,7 @@ class Guard:
         # taken as before.
         self.issues_tokens = self.mode == "token" or policy.anonymous_pull
         self.authenticator = Authenticator(db, settings.auth_htpasswd, settings.auth_cache_ttl)
-        self.limiter = FailureLimiter(settings.auth_max_failures, settings.auth_failure_window)
+        self.limiter = FailureLimiter(db, settings.auth_max_failures, settings.auth_failure_window)
         self.trusted_proxies = settings.trusted_proxies()
         self._key: tokens.SigningKey | None = None
         self._key_lock = threading.Lock()
@@ -114,17 +114,17 @@ class Guard:
         if presented.basic is None or presented.basic == ("", ""):
             # containers/image sends an empty `Basic Og==` when it has no credentials.
             return ANONYMOUS
+        username, password = presented.basic
         address = self.client_address(presented)
-        wait = self.limiter.retry_after(address)
+        wait = self.limiter.retry_after(address, username)
         if wait is not None:
             raise TooManyRequests(
                 {"retry_after": wait},
                 message="too many failed logins from this address",
                 headers={"Retry-After": str(wait)},
             )
-        username, password = presented.basic
         if not (username and password and self.authenticator.verify(username, password)):
-            self.limiter.fail(address)
+            self.limiter.fail(address, username)
             raise self.basic_challenge("invalid username or password")
         return Caller(username, authenticated=True)
 

@@ -223,3 +223,17 @@ class AuthSigningKey(Base):
     algorithm: Mapped[str] = mapped_column(String(16))
     private_key: Mapped[str] = mapped_column(Text)  # PEM, PKCS#8
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+
+
+class AuthFailure(Base):
+    """A failed login, counted by every worker and instance (app/auth/throttle.py): one row
+    per failure for the client's address, and one for the address and the user name."""
+
+    __tablename__ = "auth_failure"
+    __table_args__ = (Index("ix_auth_failure_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(600))
+    # Milliseconds since the epoch: compared in the raw read of every Basic login
+    # (Database.rows), where SQLite would compare a datetime as text.
+    at: Mapped[int] = mapped_column(BigInteger)

@@ -126,3 +126,9 @@ class PaginationNumberInvalid(RegistryError):
 class NotFound(RegistryError):
     # A path under /v2/ that names no endpoint at all.
     code, status, message = "NOT_FOUND", 404, "no such endpoint"
+
+
+class Unavailable(RegistryError):
+    # distribution's code for a service that cannot answer now: an upstream registry of the
+    # pull-through cache that is down, too slow, or answering 5xx.
+    code, status, message = "UNAVAILABLE", 503, "service unavailable"

@@ -302,6 +302,8 @@ class Pending(blobs.Download):
             fetch = None
             if not held:
                 fetch = _Fetch.claim(self.reg, self.client, self.where, self.digest, self.size)
+            if fetch is not None and fetch.landed():
+                continue  # a fetch finished between our look and our claim
             if fetch is not None:
                 tee = fetch.start()
                 if start == 0 and self.size > 0:
@@ -346,6 +348,15 @@ class _Fetch:
                 session, str(digest), owner, where.upstream.prefix, now, now + LEASE
             )
         return cls(reg, client, where, digest, size, owner) if mine else None
+
+    def landed(self) -> bool:
+        """Whether the blob arrived after all (a fetch published between the caller's look
+        and its claim); then the claim is let go."""
+        with self.reg.db.transaction() as session:
+            there = queries.blob_size(session, str(self.digest)) is not None
+        if there:
+            self.release()
+        return there
 
     def renew(self) -> None:
         if time.monotonic() - self.renewed < LEASE.total_seconds() / 4:

@@ -287,3 +287,34 @@ def test_bearer_token_upstream(
             )
     finally:
         mirror.extensions["berth"].db.dispose()
+
+
+def test_status_and_metrics_report_the_cache(
+    client: FlaskClient, upstream: Upstream, database_url: str, mirror_entry: dict[str, object]
+) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    image = upstream.registry.push_image("team/app", "v1")
+    pull_all(client, f"{PREFIX}/team/app", "v1")
+    pull_all(client, f"{PREFIX}/team/app", "v1")
+    env = {
+        "BERTH_DATABASE_URL": database_url,
+        "BERTH_STORAGE_DRIVER": "inmemory",
+        "BERTH_MIRROR_UPSTREAMS": json.dumps([mirror_entry]),
+        "BERTH_CONFIG": "",
+    }
+    result = CliRunner().invoke(main, ["mirror", "status", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    (status,) = json.loads(result.output)
+    assert status["prefix"] == PREFIX and status["health"] == "up"
+    total = len(image.config) + sum(len(layer) for layer in image.layers)
+    assert status["cached"] == {"repositories": 1, "blobs": 3, "bytes": total}
+    upstream.stop()
+    result = CliRunner().invoke(main, ["mirror", "status"], env=env)
+    assert result.exit_code == 0 and "down" in result.output
+    metrics = client.get("/metrics").get_data(as_text=True)
+    for name in ("hits", "misses"):
+        assert f'berth_mirror_cache_{name}_total{{kind="blob",upstream="{PREFIX}"}}' in metrics
+    assert f'berth_mirror_upstream_bytes_total{{upstream="{PREFIX}"}}' in metrics

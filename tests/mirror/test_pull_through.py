@@ -2,13 +2,15 @@
 HTTP on a free port (tests/upstream.py): pulls by tag and digest, indexes, routing by prefix,
 `?ns=` and the default upstream, refused pushes, an upstream that is down, wrong or slow.
 
-Every test runs on SQLite and on PostgreSQL (the `database_url` fixture).
+Every test runs on SQLite and on PostgreSQL (the `database_url` fixture). Outside `make
+check`'s paths: each starts an upstream server, and together they take ~10 s per database.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import shutil
 import threading
@@ -154,6 +156,7 @@ def test_upstream_not_found_maps_to_oci_errors(client: FlaskClient, upstream: Up
 def test_upstream_down_serves_the_cache_and_names_the_upstream(
     client: FlaskClient, upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="app.mirror")
     image = upstream.registry.push_image("team/app", "v1")
     other = upstream.registry.push_image("team/other", "v1")
     pulled = pull_all(client, f"{PREFIX}/team/app", "v1")

@@ -167,6 +167,15 @@ def _add_notify() -> None:
 _add_notify()
 
 
+def _add_mirror() -> None:
+    from app.mirror_cli import mirror
+
+    main.add_command(mirror)
+
+
+_add_mirror()
+
+
 def _registry(settings: Settings) -> Registry:
     """The configured registry, for maintenance commands."""
     try:

@@ -187,6 +187,9 @@ class Settings:
     s3_redirect: bool = False
     # Chunked uploads go up in parts of this size; at most one part per writer is in memory.
     s3_part_size: int = _sized(8 * 1024 * 1024)
+    # Pull-through cache (app/mirror/): `[[mirror_upstreams]]` tables with at least `prefix`
+    # and `url`; parsed and checked by app/mirror/upstreams.py, each key named on error.
+    mirror_upstreams: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._check_storage()

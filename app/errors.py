@@ -129,8 +129,10 @@ class NotFound(RegistryError):
 
 
 class Unavailable(RegistryError):
-    # distribution's UNAVAILABLE: the metadata store does not answer; the client may retry.
-    code, status, message = "UNAVAILABLE", 503, "the metadata store is unavailable"
+    # distribution's code for a service that cannot answer now: the metadata store (the
+    # database is away), or an upstream registry of the pull-through cache that is down,
+    # too slow, or answering 5xx. The client may retry.
+    code, status, message = "UNAVAILABLE", 503, "service unavailable"
 
 
 class InsufficientStorage(RegistryError):

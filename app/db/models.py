@@ -237,3 +237,30 @@ class AuthFailure(Base):
     # Milliseconds since the epoch: compared in the raw read of every Basic login
     # (Database.rows), where SQLite would compare a datetime as text.
     at: Mapped[int] = mapped_column(BigInteger)
+
+
+class MirrorFetch(Base):
+    """A blob being fetched from a pull-through cache's upstream: one row per digest, held by
+    one request of one worker of one instance at a time, is the single flight. A holder that
+    dies loses it when `expires_at` passes; it renews it while bytes arrive."""
+
+    __tablename__ = "mirror_fetch"
+
+    digest: Mapped[str] = mapped_column(String(150), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(36))
+    upstream: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp())
+
+
+class MirrorTag(Base):
+    """When a cached tag was last found to agree with its upstream: its ttl counts from here."""
+
+    __tablename__ = "mirror_tag"
+
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repository.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(150))
+    checked_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)

@@ -226,7 +226,10 @@ def init_app(app: Flask) -> None:
         # PostgreSQL down or restarting, SQLite locked past its busy timeout: the client may
         # retry, and the pool reconnects by itself once the database is back.
         _outage.note(error)
-        unavailable = Unavailable(headers={"Retry-After": str(RETRY_AFTER)})
+        unavailable = Unavailable(
+            message="the metadata store is unavailable",
+            headers={"Retry-After": str(RETRY_AFTER)},
+        )
         return error_response(unavailable)
 
     @app.errorhandler(Exception)

@@ -12,7 +12,7 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
@@ -686,3 +686,208 @@ def known_digests(session: Session, digests: Sequence[str] | None = None) -> set
     if digests is not None:
         query = query.where(B.c.digest.in_(digests))
     return set(session.scalars(query))
+
+
+# --- browsing (the web UI, app/registry/browse.py) --------------------------------------------
+
+
+@dataclass(frozen=True)
+class RepositorySummary:
+    name: str
+    tags: int
+    size: int  # bytes of the blobs linked into it plus its manifests
+    last_push: datetime | None
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+_SUMMARY_TAGS = select(func.count()).where(Tag.repository_id == Repository.id).scalar_subquery()
+_SUMMARY_SIZE = (
+    select(func.coalesce(func.sum(Blob.size), 0))
+    .select_from(RepositoryBlob)
+    .join(Blob, Blob.id == RepositoryBlob.blob_id)
+    .where(RepositoryBlob.repository_id == Repository.id)
+    .scalar_subquery()
+) + (
+    select(func.coalesce(func.sum(Manifest.size), 0))
+    .where(Manifest.repository_id == Repository.id)
+    .scalar_subquery()
+)
+# A push ends by tagging (or, for a referrer, by its manifest): the latest of either.
+_SUMMARY_LAST_PUSH = func.coalesce(
+    select(func.max(Tag.updated_at)).where(Tag.repository_id == Repository.id).scalar_subquery(),
+    select(func.max(Manifest.created_at))
+    .where(Manifest.repository_id == Repository.id)
+    .scalar_subquery(),
+)
+_SUMMARY_SORTS = {
+    "name": Repository.name,
+    "tags": _SUMMARY_TAGS,
+    "size": _SUMMARY_SIZE,
+    "pushed": _SUMMARY_LAST_PUSH,
+}
+
+
+def _has_content() -> Any:
+    return or_(
+        exists().where(Manifest.repository_id == Repository.id),
+        exists().where(RepositoryBlob.repository_id == Repository.id),
+    )
+
+
+def _search(query: Any, search: str) -> Any:
+    if search:
+        query = query.where(Repository.name.like(f"%{_like_escape(search)}%", escape="\\"))
+    return query.where(_has_content())
+
+
+def repository_summaries(
+    session: Session,
+    search: str,
+    sort: str,
+    descending: bool,
+    limit: int | None,
+    offset: int = 0,
+) -> list[RepositorySummary]:
+    """Repositories whose name contains `search` (those with content, as the catalog),
+    ordered by name, tag count, size or last push; each with its figures."""
+    key = _SUMMARY_SORTS[sort]
+    order = key.desc() if descending else key.asc()
+    query = _search(
+        select(
+            Repository.name,
+            _SUMMARY_TAGS.label("tags"),
+            _SUMMARY_SIZE.label("size"),
+            _SUMMARY_LAST_PUSH.label("last_push"),
+        ),
+        search,
+    ).order_by(order.nulls_last(), Repository.name)
+    if limit is not None:
+        query = query.limit(limit).offset(offset)
+    return [
+        RepositorySummary(row.name, int(row.tags), int(row.size), _aware(row.last_push))
+        for row in session.execute(query)
+    ]
+
+
+def count_repositories(session: Session, search: str) -> int:
+    return int(session.scalar(_search(select(func.count(Repository.id)), search)) or 0)
+
+
+def _aware(moment: Any) -> datetime | None:
+    """Aggregates lose the column type on SQLite: a naive datetime or its text comes back."""
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if not isinstance(moment, datetime):
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class TagName:
+    name: str
+    pushed: datetime
+
+
+def tag_names(session: Session, repo_id: int) -> list[TagName]:
+    """Every tag of a repository with its push time: the UI sorts these itself (number-aware),
+    then reads the details of one page of them."""
+    rows = session.execute(select(Tag.name, Tag.updated_at).where(Tag.repository_id == repo_id))
+    return [TagName(name, pushed) for name, pushed in rows]
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    digest: str
+    media_type: str
+    artifact_type: str | None
+    subject: str | None
+    annotations: dict[str, str] | None
+    size: int
+    payload: bytes
+    created_at: datetime
+
+
+_MANIFEST_ROW_COLUMNS = (
+    Manifest.digest,
+    Manifest.media_type,
+    Manifest.artifact_type,
+    Manifest.subject_digest,
+    Manifest.annotations,
+    Manifest.size,
+    Manifest.payload,
+    Manifest.created_at,
+)
+
+
+def _manifest_row(row: Any) -> ManifestRow:
+    return ManifestRow(
+        row.digest,
+        row.media_type,
+        row.artifact_type,
+        row.subject_digest,
+        json.loads(row.annotations) if row.annotations else None,
+        int(row.size),
+        bytes(row.payload),
+        row.created_at,
+    )
+
+
+def tagged_manifests(
+    session: Session, repo_id: int, names: Sequence[str]
+) -> dict[str, ManifestRow]:
+    """The manifest each of these tags points at."""
+    if not names:
+        return {}
+    rows = session.execute(
+        select(Tag.name.label("tag"), *_MANIFEST_ROW_COLUMNS)
+        .join(Manifest, Manifest.id == Tag.manifest_id)
+        .where(Tag.repository_id == repo_id, Tag.name.in_(list(names)))
+    )
+    return {row.tag: _manifest_row(row) for row in rows}
+
+
+def manifest_rows(session: Session, repo_id: int, digests: Sequence[str]) -> dict[str, ManifestRow]:
+    if not digests:
+        return {}
+    rows = session.execute(
+        select(*_MANIFEST_ROW_COLUMNS).where(
+            Manifest.repository_id == repo_id, Manifest.digest.in_(list(dict.fromkeys(digests)))
+        )
+    )
+    return {row.digest: _manifest_row(row) for row in rows}
+
+
+def tags_of_manifest(session: Session, repo_id: int, digest: str) -> list[str]:
+    return list(
+        session.scalars(
+            select(Tag.name)
+            .join(Manifest, Manifest.id == Tag.manifest_id)
+            .where(Manifest.repository_id == repo_id, Manifest.digest == digest)
+            .order_by(Tag.name)
+        )
+    )
+
+
+def referrer_rows(
+    session: Session, repo_id: int, subjects: Sequence[str]
+) -> dict[str, list[ManifestRow]]:
+    """The manifests of a repository whose subject is one of `subjects`, by subject."""
+    found: dict[str, list[ManifestRow]] = defaultdict(list)
+    if not subjects:
+        return found
+    rows = session.execute(
+        select(*_MANIFEST_ROW_COLUMNS)
+        .where(
+            Manifest.repository_id == repo_id,
+            Manifest.subject_digest.in_(list(dict.fromkeys(subjects))),
+        )
+        .order_by(Manifest.created_at, Manifest.id)
+    )
+    for row in rows:
+        found[row.subject_digest].append(_manifest_row(row))
+    return found

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.api.ui_support import csrf_of, html, push_config_image, push_referrer

@@ -153,18 +153,20 @@ def _headers(response: FlaskResponse) -> FlaskResponse:
     return response
 
 
-def _page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
-    return render_template(template, viewer=_viewer(), **context), status
+def _page(template: str, status: int = 200, **context: Any) -> FlaskResponse:
+    # The app's response class sets no default type (an empty 202 carries none): say it.
+    body = render_template(template, viewer=_viewer(), **context)
+    return FlaskResponse(body, status, mimetype="text/html")
 
 
 @bp.errorhandler(RegistryError)
 def _registry_error(error: RegistryError) -> Response:
     if isinstance(error, Unauthorized) and _viewer().auth_on:
         return redirect(url_for("ui.login", next=request.full_path.rstrip("?")), 303)
-    body, status = _page("error.html", error.status, title=error.code, message=error.message)
-    return FlaskResponse(
-        body, status, headers=error.headers if isinstance(error, TooManyRequests) else {}
-    )
+    page = _page("error.html", error.status, title=error.code, message=error.message)
+    if isinstance(error, TooManyRequests):
+        page.headers.update(error.headers)
+    return page
 
 
 @bp.errorhandler(HTTPException)
@@ -194,10 +196,10 @@ def login() -> Response:
     try:
         caller = reg.guard.basic_caller(_presented(username, request.form.get("password", "")))
     except (Unauthorized, TooManyRequests) as exc:
-        body, status = _page(
-            "login.html", exc.status, next=target, error=exc.message, username=username
-        )
-        return FlaskResponse(body, status, headers=exc.headers if exc.status == 429 else {})
+        page = _page("login.html", exc.status, next=target, error=exc.message, username=username)
+        if isinstance(exc, TooManyRequests):
+            page.headers.update(exc.headers)
+        return page
     if caller.user is None:
         return _page(
             "login.html",

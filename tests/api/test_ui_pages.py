@@ -369,3 +369,5 @@ def test_pages_render_without_javascript_and_use_relative_urls(
     assert "http://" not in page and "https://" not in page
     assert '<form method="post" action="/ui/repo/team/app/-/delete-tags"' in page
     assert client.get("/ui/static/ui.css").status_code == 200
+    for path in ("/ui/", "/ui/repo/team/app", "/ui/repo/team/app/-/manifest/v1", "/ui/gc"):
+        assert client.get(path).content_type == "text/html; charset=utf-8", path

@@ -51,13 +51,16 @@ class Page(Generic[_T]):
         return max(1, math.ceil(self.total / self.per_page))
 
 
-def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
-    """Sorts v1.9 before v1.10: runs of digits compare as numbers, the rest as text."""
-    return tuple(
-        (0, int(part), part) if part.isdigit() else (1, 0, part)
-        for part in _DIGITS.split(name)
-        if part
-    )
+def natural_key(name: str) -> list[str | int]:
+    """Sorts v1.9 before v1.10: runs of digits compare as numbers, the rest as text.
+
+    Splitting on a captured group alternates text and digits, text first (maybe empty), so
+    two keys always hold text against text and numbers against numbers, position by
+    position; a longer key that starts like a shorter one sorts after it."""
+    parts: list[str | int] = _DIGITS.split(name)
+    for i in range(1, len(parts), 2):
+        parts[i] = int(parts[i])
+    return parts
 
 
 def _clamp_page(page: int, total: int, per_page: int) -> int:
@@ -193,14 +196,20 @@ def tags(
         repo_id = queries.repository_id(session, repo)
         if repo_id is None:
             raise NameUnknown({"name": repo})
-        names = queries.tag_names(session, repo_id)
         if sort == "pushed":
-            names.sort(key=lambda t: (t.pushed, natural_key(t.name)), reverse=descending)
+            total = queries.count_tags(session, repo_id)
+            page = _clamp_page(page, total, per_page)
+            chosen = queries.tags_by_push(
+                session, repo_id, descending, per_page, (page - 1) * per_page
+            )
         else:
-            names.sort(key=lambda t: natural_key(t.name), reverse=descending)
-        page = _clamp_page(page, len(names), per_page)
-        chosen = names[(page - 1) * per_page : page * per_page]
-        rows = queries.tagged_manifests(session, repo_id, [t.name for t in chosen])
+            names = queries.tag_names(reg.db, repo_id)
+            names.sort(key=natural_key, reverse=descending)
+            total = len(names)
+            page = _clamp_page(page, total, per_page)
+            chosen = names[(page - 1) * per_page : page * per_page]
+        tagged = queries.tagged_manifests(session, repo_id, chosen)
+        rows = {name: entry.manifest for name, entry in tagged.items()}
         docs = {row.digest: _doc(row.payload) for row in rows.values()}
         child_digests = [
             d["digest"]
@@ -210,8 +219,8 @@ def tags(
         ]
         children = queries.manifest_rows(session, repo_id, child_digests)
     items = []
-    for entry in chosen:
-        row = rows.get(entry.name)
+    for name in chosen:
+        row = rows.get(name)
         if row is None:  # untagged between the two reads
             continue
         doc = docs[row.digest]
@@ -231,8 +240,8 @@ def tags(
             created = _created(read_config(reg, doc)) if kind == "image" else None
         items.append(
             TagSummary(
-                entry.name,
-                entry.pushed,
+                name,
+                tagged[name].pushed,
                 row.digest,
                 row.media_type,
                 kind,
@@ -242,7 +251,7 @@ def tags(
                 row.artifact_type if kind == "artifact" else None,
             )
         )
-    return Page(items, len(names), page, per_page)
+    return Page(items, total, page, per_page)
 
 
 # --- one manifest ----------------------------------------------------------------------------
@@ -417,7 +426,8 @@ def manifest(reg: Context, repo: str, reference: str) -> ManifestDetail:
         if repo_id is None:
             raise NameUnknown({"name": repo})
         if tag is not None:
-            row = queries.tagged_manifests(session, repo_id, [tag]).get(tag)
+            found = queries.tagged_manifests(session, repo_id, [tag]).get(tag)
+            row = found.manifest if found else None
         else:
             row = queries.manifest_rows(session, repo_id, [digest]).get(digest)
         if row is None:

@@ -26,7 +26,7 @@ from app.registry.references import Digest, check_name, check_tag, is_digest
 from app.storage import StorageError
 
 _T = TypeVar("_T")
-REPOSITORY_SORTS = ("name", "tags", "size", "pushed")
+REPOSITORY_SORTS = queries.REPOSITORY_SORTS
 TAG_SORTS = ("name", "pushed")
 CONFIG_LIMIT = 1024 * 1024  # image configs larger than this are not read for display
 REFERRER_DEPTH = 4  # a signature of an SBOM of an image is three levels; deeper is cut off
@@ -84,26 +84,28 @@ def repositories(
         if visible is None:
             total = queries.count_repositories(session, search)
             page = _clamp_page(page, total, per_page)
-            items = queries.repository_summaries(
+            chosen = queries.repository_order(
                 session, search, sort, descending, per_page, (page - 1) * per_page
             )
-            return Page(items, total, page, per_page)
-        every = queries.repository_summaries(session, search, sort, descending, None)
-    admitted = [summary for summary in every if visible(summary.name)]
-    page = _clamp_page(page, len(admitted), per_page)
-    start = (page - 1) * per_page
-    return Page(admitted[start : start + per_page], len(admitted), page, per_page)
+        else:
+            every = queries.repository_order(session, search, sort, descending)
+            admitted = [entry for entry in every if visible(entry[1])]
+            total = len(admitted)
+            page = _clamp_page(page, total, per_page)
+            chosen = admitted[(page - 1) * per_page : page * per_page]
+        items = queries.repository_summaries(session, [repo_id for repo_id, _ in chosen])
+    return Page(items, total, page, per_page)
 
 
 def summary(reg: Context, name: str) -> RepositorySummary:
     """One repository's figures (what a delete would remove); NAME_UNKNOWN when absent."""
     check_name(name)
     with reg.db.transaction() as session:
-        found = queries.repository_summaries(session, name, "name", False, None)
-    for candidate in found:
-        if candidate.name == name:
-            return candidate
-    raise NameUnknown({"name": name})
+        repo_id = queries.repository_id(session, name)
+        found = queries.repository_summaries(session, [repo_id] if repo_id is not None else [])
+    if not found:
+        raise NameUnknown({"name": name})
+    return found[0]
 
 
 # --- tags ------------------------------------------------------------------------------------

@@ -722,64 +722,114 @@ _SUMMARY_LAST_PUSH = func.coalesce(
     .where(Manifest.repository_id == Repository.id)
     .scalar_subquery(),
 )
-_SUMMARY_SORTS = {
-    "name": Repository.name,
-    "tags": _SUMMARY_TAGS,
-    "size": _SUMMARY_SIZE,
-    "pushed": _SUMMARY_LAST_PUSH,
-}
-
-
 _HAS_CONTENT = or_(
     exists().where(Manifest.repository_id == Repository.id),
     exists().where(RepositoryBlob.repository_id == Repository.id),
 )
-# Every page runs one of these: built once, the search a bound LIKE pattern ("%%": all).
 _NAME_MATCHES = Repository.name.like(bindparam("pattern"), escape="\\")
-_SUMMARY_SELECT = select(
+# Ordering by a figure needs it for every repository: grouped once (a hash aggregate), not
+# a subquery per row, which PostgreSQL would also run for every row an OFFSET skips.
+_BY_TAGS = (
+    select(
+        Tag.repository_id.label("rid"),
+        func.count().label("tags"),
+        func.max(Tag.updated_at).label("pushed"),
+    )
+    .group_by(Tag.repository_id)
+    .subquery()
+)
+_BY_BLOBS = (
+    select(RepositoryBlob.repository_id.label("rid"), func.sum(Blob.size).label("size"))
+    .join(Blob, Blob.id == RepositoryBlob.blob_id)
+    .group_by(RepositoryBlob.repository_id)
+    .subquery()
+)
+_BY_MANIFESTS = (
+    select(
+        Manifest.repository_id.label("rid"),
+        func.sum(Manifest.size).label("size"),
+        func.max(Manifest.created_at).label("pushed"),
+    )
+    .group_by(Manifest.repository_id)
+    .subquery()
+)
+_JOINS = {
+    "name": (),
+    "tags": (_BY_TAGS,),
+    "size": (_BY_BLOBS, _BY_MANIFESTS),
+    "pushed": (_BY_TAGS, _BY_MANIFESTS),
+}
+_KEYS: dict[str, Any] = {
+    "name": Repository.name,
+    "tags": func.coalesce(_BY_TAGS.c.tags, 0),
+    "size": func.coalesce(_BY_BLOBS.c.size, 0) + func.coalesce(_BY_MANIFESTS.c.size, 0),
+    "pushed": func.coalesce(_BY_TAGS.c.pushed, _BY_MANIFESTS.c.pushed),
+}
+
+
+def _ordered(sort: str, descending: bool) -> Any:
+    source: Any = Repository.__table__
+    for grouped in _JOINS[sort]:
+        source = source.outerjoin(grouped, grouped.c.rid == Repository.id)
+    key = _KEYS[sort]
+    return (
+        select(Repository.id, Repository.name)
+        .select_from(source)
+        .where(_NAME_MATCHES, _HAS_CONTENT)
+        .order_by((key.desc() if descending else key.asc()).nulls_last(), Repository.name)
+    )
+
+
+REPOSITORY_SORTS = tuple(_KEYS)
+# Every page runs one of these: built once, the search a bound LIKE pattern ("%%": all).
+_ORDERED = {(s, d): _ordered(s, d) for s in _KEYS for d in (False, True)}
+_ORDERED_PAGE = {
+    variant: query.limit(bindparam("limit")).offset(bindparam("offset"))
+    for variant, query in _ORDERED.items()
+}
+_COUNT_REPOSITORIES = select(func.count(Repository.id)).where(_NAME_MATCHES, _HAS_CONTENT)
+# The figures of one page of repositories, by id.
+_SUMMARIES = select(
+    Repository.id,
     Repository.name,
     _SUMMARY_TAGS.label("tags"),
     _SUMMARY_SIZE.label("size"),
     _SUMMARY_LAST_PUSH.label("last_push"),
-).where(_NAME_MATCHES, _HAS_CONTENT)
-_SUMMARY_QUERIES = {
-    (sort, descending): _SUMMARY_SELECT.order_by(
-        (key.desc() if descending else key.asc()).nulls_last(), Repository.name
-    )
-    for sort, key in _SUMMARY_SORTS.items()
-    for descending in (False, True)
-}
-_SUMMARY_PAGES = {
-    variant: query.limit(bindparam("limit")).offset(bindparam("offset"))
-    for variant, query in _SUMMARY_QUERIES.items()
-}
-_COUNT_REPOSITORIES = select(func.count(Repository.id)).where(_NAME_MATCHES, _HAS_CONTENT)
+).where(Repository.id.in_(bindparam("ids", expanding=True)))
 
 
 def _pattern(search: str) -> str:
     return f"%{_like_escape(search)}%"
 
 
-def repository_summaries(
+def repository_order(
     session: Session,
     search: str,
     sort: str,
     descending: bool,
-    limit: int | None,
+    limit: int | None = None,
     offset: int = 0,
-) -> list[RepositorySummary]:
-    """Repositories whose name contains `search` (those with content, as the catalog),
-    ordered by name, tag count, size or last push; each with its figures."""
+) -> list[tuple[int, str]]:
+    """(id, name) of the repositories whose name contains `search` (those with content, as
+    the catalog), ordered by name, tag count, size or last push; one page, or all."""
     params: dict[str, Any] = {"pattern": _pattern(search)}
     if limit is None:
-        query = _SUMMARY_QUERIES[(sort, descending)]
+        query = _ORDERED[(sort, descending)]
     else:
-        query = _SUMMARY_PAGES[(sort, descending)]
+        query = _ORDERED_PAGE[(sort, descending)]
         params.update(limit=limit, offset=offset)
-    return [
-        RepositorySummary(row.name, int(row.tags), int(row.size), _aware(row.last_push))
-        for row in session.execute(query, params)
-    ]
+    return [(row.id, row.name) for row in session.execute(query, params)]
+
+
+def repository_summaries(session: Session, ids: Sequence[int]) -> list[RepositorySummary]:
+    """The figures of these repositories, in the order given."""
+    if not ids:
+        return []
+    found = {
+        row.id: RepositorySummary(row.name, int(row.tags), int(row.size), _aware(row.last_push))
+        for row in session.execute(_SUMMARIES, {"ids": list(ids)})
+    }
+    return [found[i] for i in ids if i in found]
 
 
 def count_repositories(session: Session, search: str) -> int:

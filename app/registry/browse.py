@@ -81,6 +81,7 @@ def repositories(
     search = search.strip().lower()
     sort = sort if sort in REPOSITORY_SORTS else "name"
     with reg.db.transaction() as session:
+        queries.interactive(session)
         if visible is None:
             total = queries.count_repositories(session, search)
             page = _clamp_page(page, total, per_page)
@@ -195,6 +196,7 @@ def tags(
     check_name(repo)
     sort = sort if sort in TAG_SORTS else "name"
     with reg.db.transaction() as session:
+        queries.interactive(session)
         repo_id = queries.repository_id(session, repo)
         if repo_id is None:
             raise NameUnknown({"name": repo})

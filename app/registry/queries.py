@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db import Database, locks
@@ -796,6 +796,14 @@ _SUMMARIES = select(
     _SUMMARY_SIZE.label("size"),
     _SUMMARY_LAST_PUSH.label("last_push"),
 ).where(Repository.id.in_(bindparam("ids", expanding=True)))
+
+
+def interactive(session: Session) -> None:
+    """For the transaction of a page a person waits for: on PostgreSQL, no JIT. The planner
+    costs the repository listings above jit_above_cost, and compiling them took 20-40 ms of
+    a 40 ms query at 10,000 repositories."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL jit = off"))
 
 
 def _pattern(search: str) -> str:

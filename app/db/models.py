@@ -264,3 +264,16 @@ class MirrorTag(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     digest: Mapped[str] = mapped_column(String(150))
     checked_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+
+
+class UiSession(Base):
+    """A web UI login (app/auth/sessions.py): the cookie carries a random id, the row only its
+    sha256, so a leaked database gives no usable session."""
+
+    __tablename__ = "ui_session"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user: Mapped[str] = mapped_column(String(255))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp(), index=True)

@@ -1,7 +1,7 @@
 """pull-through cache: mirror_fetch (the single flight of blob fetches), mirror_tag (ttl)
 
-Revision ID: 0006_mirror
-Revises: 0005
+Revision ID: 0007_mirror
+Revises: 0006_auth_failure
 """
 
 from collections.abc import Sequence

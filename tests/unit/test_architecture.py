@@ -17,7 +17,7 @@ def test_import_contracts_hold() -> None:
     # setup.cfg's [importlinter] contracts: layers from entry points down to config, and no
     # web framework below the views. In its own process: import-linter reconfigures logging.
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "lint-imports"), "--config", "setup.cfg", "--no-cache"],
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache", "setup.cfg"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -143,6 +143,9 @@ class Settings:
     # are there to measure against (docs/performance.md).
     worker_class: str = "app.gunicorn_worker.BalancedThreadWorker"
     threads: int = _number(8)
+    # A request head (request line and headers) must arrive whole within this; until it
+    # has, the connection waits in the poller, holding no thread (app/gunicorn_worker.py).
+    request_head_timeout: int = _duration(30)
     # Peers whose X-Forwarded-* headers are believed (gunicorn's forwarded_allow_ips, and
     # the failed-login limiter's idea of the client address); "*" trusts everyone.
     forwarded_allow_ips: str = "127.0.0.1,::1"
@@ -198,7 +201,14 @@ class Settings:
 
     def __post_init__(self) -> None:
         self._check_storage()
-        for name in ("upload_max_age", "upload_purge_interval", "max_manifest_size", "threads"):
+        positive = (
+            "upload_max_age",
+            "upload_purge_interval",
+            "max_manifest_size",
+            "threads",
+            "request_head_timeout",
+        )
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive")
         if self.log_level.lower() not in LOG_LEVELS:

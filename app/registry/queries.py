@@ -686,3 +686,11 @@ def known_digests(session: Session, digests: Sequence[str] | None = None) -> set
     if digests is not None:
         query = query.where(B.c.digest.in_(digests))
     return set(session.scalars(query))
+
+
+# --- imports (app/registry/ingest.py) --------------------------------------------------------
+
+
+def blob_size(session: Session, digest: str) -> int | None:
+    """The size of a blob Berth holds, linked anywhere or not; None when it has no row."""
+    return session.scalar(select(B.c.size).where(B.c.digest == digest))

@@ -128,3 +128,28 @@ def import_registry(
     click.echo(f"{report.summary()} in {time.monotonic() - started:.1f}s")
     if report.problems:
         sys.exit(EXIT_PROBLEMS)
+
+
+@import_.command("v1")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="print what would be imported; change nothing")
+def import_v1(path: Path, dry_run: bool) -> None:
+    """Import the old v1 registry's storage at PATH (images/, repositories/): each tag
+    becomes a Docker schema 2 image, its history kept."""
+    from app.importers.v1 import NotAV1Store, V1Store, run
+
+    try:
+        store = V1Store(path)
+    except NotAV1Store as exc:
+        raise click.ClickException(str(exc)) from exc
+    reg = _registry()
+    started = time.monotonic()
+    try:
+        report = run(reg, store, dry_run, say=click.echo)
+    finally:
+        reg.close()
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    click.echo(f"{report.summary(dry_run)} in {time.monotonic() - started:.1f}s")
+    if report.problems:
+        sys.exit(EXIT_PROBLEMS)

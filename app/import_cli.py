@@ -61,7 +61,7 @@ def import_distribution(
     try:
         repos = [r for r in store.repositories() if not repositories or r in repositories]
         total = 0 if dry_run else plan_bytes(store, reg, repos)
-        with bar("import", total, enabled=progress and not dry_run) as meter:
+        with bar("import", total, enabled=False if dry_run else progress) as meter:
             report = run(reg, store, options, say=click.echo, moved=meter.update)
     finally:
         reg.close()

@@ -166,7 +166,7 @@ def _write_private(path: Path, data: dict[str, Any]) -> None:
 @dataclass
 class _Token:
     value: str
-    expires: float
+    renew_at: float  # monotonic: a little before it expires (a quarter early for short ones)
 
 
 class Authenticator:
@@ -189,7 +189,7 @@ class Authenticator:
         if challenge.scheme == "bearer":
             with self._lock:
                 token = self._tokens.get(scope)
-            if token is not None and token.expires - RENEW_BEFORE > time.monotonic():
+            if token is not None and token.renew_at > time.monotonic():
                 return f"Bearer {token.value}"
             return self._fetch_token(challenge, scope)
         return None
@@ -238,5 +238,6 @@ class Authenticator:
         if not isinstance(value, str) or not value:
             raise AuthError(f"token endpoint {realm} gave no token")
         with self._lock:
-            self._tokens[scope] = _Token(value, time.monotonic() + ttl)
+            margin = min(RENEW_BEFORE, ttl / 4)
+            self._tokens[scope] = _Token(value, time.monotonic() + ttl - margin)
         return f"Bearer {value}"

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,7 +45,12 @@ def token_berth(tmp_path: Path, berth_server_factory: StartServer) -> BerthServe
             input=password + "\n", env=env, check=True, capture_output=True, text=True,
             timeout=60,
         )  # fmt: skip
-    env = {"BERTH_AUTH": "token", "BERTH_AUTH_RULES": json.dumps(RULES)}
+    # Tokens live 3 s: long enough to be reused, short enough to see one renewed.
+    env = {
+        "BERTH_AUTH": "token",
+        "BERTH_AUTH_RULES": json.dumps(RULES),
+        "BERTH_AUTH_TOKEN_TTL": "3",
+    }
     return berth_server_factory(database_url=database_url, env=env, name="token")
 
 
@@ -106,6 +112,9 @@ def test_token_auth_against_berth_caches_a_token_per_scope(token_berth: BerthSer
         for _ in range(10):
             assert client.get_manifest("team/app", "v1").digest == image.manifest.digest
         assert token_berth.log().count("GET /auth/token") - before == 1
+        time.sleep(3)  # expired: the next pull gets a new token first
+        assert client.get_manifest("team/app", "v1").digest == image.manifest.digest
+        assert token_berth.log().count("GET /auth/token") - before == 2
         assert list(client.catalog()) == ["team/app"]
     with RegistryClient(token_berth.url, auth=READER) as reader:
         assert reader.get_manifest("team/app", "v1").body == image.manifest.body

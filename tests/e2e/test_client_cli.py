@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from app.client import RegistryClient
+from tests.e2e.clients import require_tool
 from tests.e2e.conftest import BERTH, BerthServer, StartServer
 from tests.e2e.images import free_port, push_image, push_index, push_referrer, reference_registry
 
@@ -100,3 +101,17 @@ def test_inspect_cp_rm_referrers_with_exit_codes(
     down = berth("tags", f"127.0.0.1:{free_port()}/multi")
     assert down.returncode == 5
     assert berth("tags", "noregistry").returncode == 2
+
+
+def test_progress_bars_on_a_terminal(berth_server: BerthServer, tmp_path: Path) -> None:
+    require_tool("script")
+    with RegistryClient(berth_server.url, auth=False) as client:
+        push_image(client, "tty", "v1", seed=6, layer_size=2 * 1024 * 1024)
+    layout = tmp_path / "layout"
+    command = f"{BERTH} cp {berth_server.host}/tty:v1 oci:{layout}:v1"
+    # script(1) runs the command on a pseudo-terminal, as a person at a shell would.
+    shown = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True,
+                           timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert shown.returncode == 0, shown.stdout
+    assert b"%|" in shown.stdout and b"B/s" in shown.stdout  # tqdm's bars, on the terminal
+    assert (layout / "index.json").is_file()

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import random
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,9 +20,9 @@ from tests.e2e.images import SIGNATURE_TYPE, canonical, push_image, push_index, 
 
 
 @pytest.fixture
-def client(berth_server: BerthServer) -> RegistryClient:
+def client(berth_server: BerthServer) -> Iterator[RegistryClient]:
     with RegistryClient(berth_server.url, auth=False) as c:
-        yield c  # type: ignore[misc]
+        yield c
 
 
 def test_ping_catalog_and_tags_follow_every_page(client: RegistryClient) -> None:

@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from app.client import Manifest, RegistryClient
 from app.client.media import OCI_INDEX
+from app.db.session import engine_url
 from tests.e2e.clients import require_tool, skopeo_copy
 from tests.e2e.conftest import BERTH, StartServer
 from tests.e2e.images import canonical, push_image, push_referrer, reference_registry
@@ -104,13 +105,20 @@ def _fill_reference(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return ref.root, pushed
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'berth.db'}"
+    return str(request.getfixturevalue("pg_database"))
+
+
 def test_import_distribution_then_pull_every_tag_byte_for_byte(
-    tmp_path: Path, berth_server_factory: StartServer
+    tmp_path: Path, berth_server_factory: StartServer, database_url: str
 ) -> None:
     root, pushed = _fill_reference(tmp_path)
-    db = tmp_path / "berth.db"
+    db = database_url
     storage = tmp_path / "storage"
-    env = {"BERTH_DATABASE_URL": f"sqlite:///{db}", "BERTH_STORAGE_ROOT": str(storage)}
+    env = {"BERTH_DATABASE_URL": database_url, "BERTH_STORAGE_ROOT": str(storage)}
 
     dry = _berth(env, "import", "distribution", str(root), "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -136,7 +144,7 @@ def test_import_distribution_then_pull_every_tag_byte_for_byte(
     links = {p.stat().st_nlink for p in (root / "docker/registry/v2/blobs").glob("*/*/*/data")}
     assert links == {1, 2}
 
-    server = berth_server_factory(database_url=f"sqlite:///{db}", storage_root=storage)
+    server = berth_server_factory(database_url=database_url, storage_root=storage)
     with RegistryClient(server.url, auth=False) as client:
         v2 = root / "docker" / "registry" / "v2" / "blobs" / "sha256"
         for name_tag, digest in pushed.items():
@@ -200,9 +208,13 @@ def test_not_a_distribution_store_is_a_clear_error(tmp_path: Path) -> None:
     assert "no docker/registry/v2" in result.stderr
 
 
-def _rows(db: Path, query: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db) as conn:
-        return list(conn.execute(query))
+def _rows(url: str, query: str) -> list[tuple[object, ...]]:
+    engine = create_engine(engine_url(url))
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(query))]
+    finally:
+        engine.dispose()
 
 
 pytestmark = pytest.mark.e2e

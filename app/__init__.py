@@ -17,8 +17,8 @@ def create_app(
     overrides: Mapping[str, Any] | None = None, driver: StorageDriver | None = None
 ) -> Flask:
     """settings -> Registry.from_settings -> blueprints. Nothing is built at import time."""
-    from app import metrics
-    from app.views import admin, auth, base, blobs, health, listings, manifests, uploads
+    from app import metrics, ui
+    from app.views import admin, auth, base, blobs, health, listings, manifests, mirror, uploads
 
     settings = load_settings(overrides=overrides)
     if not logging.getLogger().handlers:
@@ -32,5 +32,7 @@ def create_app(
     app.register_blueprint(health.bp)  # /healthz, /readyz
     metrics.init_app(app)  # /metrics and the request hooks that feed it
     auth.init_app(app)  # access control on /v2 and /api; nothing installed while auth = "none"
+    mirror.init_app(app)  # pushes into a mirrored prefix refused (after access control)
     app.register_blueprint(admin.bp)  # /api/v1: repository delete
+    ui.init_app(app)  # /ui/: the web UI, unless ui = "off"
     return app

@@ -167,6 +167,15 @@ def _add_notify() -> None:
 _add_notify()
 
 
+def _add_mirror() -> None:
+    from app.mirror_cli import mirror
+
+    main.add_command(mirror)
+
+
+_add_mirror()
+
+
 def _add_client_and_import() -> None:
     # The HTTP client's commands (app/client/cli.py) and `berth import` (app/import_cli.py).
     from app.client.cli import register

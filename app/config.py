@@ -47,6 +47,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 STORAGE_DRIVERS = ("filesystem", "inmemory", "s3")
 AUTH_MODES = ("none", "basic", "token")
 OFFLOAD_MODES = ("none", "x-accel-redirect", "x-sendfile")
+UI_MODES = ("on", "read-only", "off")
 
 
 class ConfigError(ValueError):
@@ -187,6 +188,13 @@ class Settings:
     s3_redirect: bool = False
     # Chunked uploads go up in parts of this size; at most one part per writer is in memory.
     s3_part_size: int = _sized(8 * 1024 * 1024)
+    # Pull-through cache (app/mirror/): `[[mirror_upstreams]]` tables with at least `prefix`
+    # and `url`; parsed and checked by app/mirror/upstreams.py, each key named on error.
+    mirror_upstreams: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # The web UI at /ui/ (app/ui/): "on", "read-only" (browse only, no delete forms) or "off".
+    ui: str = "on"
+    # A UI login lasts this long (a server-side session, app/auth/sessions.py).
+    ui_session_ttl: int = _duration(12 * 3600)
 
     def __post_init__(self) -> None:
         self._check_storage()
@@ -202,6 +210,10 @@ class Settings:
         if self.notifications_retention <= 0:
             raise ConfigError("notifications_retention: must be positive")
         self._check_offload()
+        if self.ui not in UI_MODES:
+            raise ConfigError(f"ui: {self.ui!r} is not one of {', '.join(UI_MODES)}")
+        if self.ui_session_ttl <= 0:
+            raise ConfigError("ui_session_ttl: must be positive")
 
     def _check_storage(self) -> None:
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", self.database_url):

@@ -12,6 +12,8 @@ from app.auth.guard import Guard
 from app.auth.policy import Policy
 from app.config import ConfigError, Settings
 from app.db import Database
+from app.mirror.cache import Mirror
+from app.mirror.upstreams import Upstream, parse_upstreams
 from app.notifications.endpoints import Endpoint, parse_endpoints
 from app.notifications.outbox import Outbox
 from app.storage import StorageDriver, create_driver
@@ -24,6 +26,7 @@ class Features:
 
     policy: Policy
     endpoints: tuple[Endpoint, ...]
+    upstreams: tuple[Upstream, ...] = ()  # the pull-through cache's (app/mirror)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Features:
@@ -31,7 +34,8 @@ class Features:
             endpoints = tuple(parse_endpoints(settings.notifications))
         except ValueError as exc:
             raise ConfigError(f"notifications: {exc}") from exc
-        return cls(Policy.from_settings(settings), endpoints)
+        upstreams = parse_upstreams(settings.mirror_upstreams)
+        return cls(Policy.from_settings(settings), endpoints, upstreams)
 
 
 def storage_driver(settings: Settings) -> StorageDriver:
@@ -60,6 +64,7 @@ class Registry:
     outbox: Outbox
     policy: Policy
     guard: Guard | None  # None while auth = "none"
+    mirror: Mirror  # the pull-through cache's upstreams and their clients (empty: none)
 
     @classmethod
     def from_settings(cls, settings: Settings, driver: StorageDriver | None = None) -> Registry:
@@ -74,6 +79,7 @@ class Registry:
             outbox=Outbox(features.endpoints),
             policy=features.policy,
             guard=guard,
+            mirror=Mirror(features.upstreams),
         )
 
     def close(self) -> None:

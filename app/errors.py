@@ -126,3 +126,15 @@ class PaginationNumberInvalid(RegistryError):
 class NotFound(RegistryError):
     # A path under /v2/ that names no endpoint at all.
     code, status, message = "NOT_FOUND", 404, "no such endpoint"
+
+
+class Unavailable(RegistryError):
+    # distribution's code for a service that cannot answer now: the metadata store (the
+    # database is away), or an upstream registry of the pull-through cache that is down,
+    # too slow, or answering 5xx. The client may retry.
+    code, status, message = "UNAVAILABLE", 503, "service unavailable"
+
+
+class InsufficientStorage(RegistryError):
+    # The server's disk is full: not the client's mistake, and not a bug either.
+    code, status, message = "UNAVAILABLE", 507, "the registry's storage is full"

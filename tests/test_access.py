@@ -15,6 +15,7 @@ from app.auth.throttle import FailureLimiter
 from app.cli import main
 from app.config import ConfigError, load_settings
 from app.context import Features
+from app.db import Database
 from app.migrate import upgrade
 
 # Distribution's Apache sample ("Hosting mode access"), written as Berth configuration:
@@ -125,15 +126,26 @@ def test_scopes_parse() -> None:
         tokens.parse_scopes(["repository"])
 
 
-def test_failure_limiter_window() -> None:
-    limiter = FailureLimiter(limit=2, window=0.2)
-    limiter.fail("a")
-    assert limiter.retry_after("a") is None
-    limiter.fail("a")
-    assert limiter.retry_after("a") == 1
-    assert limiter.retry_after("b") is None
-    time.sleep(0.25)
-    assert limiter.retry_after("a") is None
+def test_failure_limiter_window(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/limits.db"
+    upgrade(url)
+    db = Database(url)
+    limiter = FailureLimiter(db, limit=2, window=0.4)
+    limiter.fail("a", "alice")
+    assert limiter.retry_after("a", "alice") is None
+    limiter.fail("a", "alice")
+    assert limiter.retry_after("a", "alice") == 1
+    assert limiter.retry_after("b", "alice") is None  # the owner, from elsewhere
+    assert limiter.retry_after("a", "bob") is None  # another name, from the same address
+    # Many names from one address: stopped at 3 x the limit, whatever the name.
+    for name in ("c", "d", "e", "f"):
+        limiter.fail("a", name)
+    assert limiter.retry_after("a", "zed") == 1
+    # Another limiter on the same database (another worker) counts the same failures.
+    assert FailureLimiter(db, limit=2, window=0.4).retry_after("a", "alice") == 1
+    time.sleep(0.45)
+    assert limiter.retry_after("a", "alice") is None
+    db.dispose()
 
 
 def test_credential_cache_expires_and_forgets() -> None:

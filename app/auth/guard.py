@@ -32,12 +32,18 @@ class Need:
     kind: str  # "login" | "catalog" | "repository"
     repository: str = ""
     actions: tuple[str, ...] = ()
+    # Also worth asking for, not required: a mount's source (`repository:FROM:pull`), so a
+    # client that requests exactly the challenged scope gets a token that mounts.
+    wanted: tuple[str, ...] = ()
 
     def scope(self) -> str:
+        """The challenge's scope: what is needed, then what is wanted, space-separated."""
         if self.kind == "catalog":
             return "registry:catalog:*"
         if self.kind == "repository":
-            return f"repository:{self.repository}:{','.join(self.actions)}"
+            return " ".join(
+                (f"repository:{self.repository}:{','.join(self.actions)}", *self.wanted)
+            )
         return ""
 
 
@@ -50,6 +56,9 @@ class Presented:
     peer: str = ""  # the connection's address
     forwarded_for: str = ""  # X-Forwarded-For as received
     host_url: str = ""  # scheme://host/ the client used: the default token realm
+    # An Authorization header that is neither Basic with strict base64 nor (where tokens
+    # are issued) Bearer: refused, not taken as anonymous.
+    malformed: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,8 +80,15 @@ class Guard:
         self.db = db
         self.mode = settings.auth
         self.policy = policy
+        # Docker asks for credentials only when GET /v2/ is challenged, and after a Basic
+        # challenge it refuses to go on without any: an anonymous pull cannot follow one.
+        # So with anonymous pulls on, basic mode challenges with Bearer too, and its token
+        # endpoint gives anonymous callers pull tokens and checks everyone else's password
+        # (docker login keeps failing on a wrong one); Basic credentials sent up front are
+        # taken as before.
+        self.issues_tokens = self.mode == "token" or policy.anonymous_pull
         self.authenticator = Authenticator(db, settings.auth_htpasswd, settings.auth_cache_ttl)
-        self.limiter = FailureLimiter(settings.auth_max_failures, settings.auth_failure_window)
+        self.limiter = FailureLimiter(db, settings.auth_max_failures, settings.auth_failure_window)
         self.trusted_proxies = settings.trusted_proxies()
         self._key: tokens.SigningKey | None = None
         self._key_lock = threading.Lock()
@@ -92,20 +108,23 @@ class Guard:
     def basic_caller(self, presented: Presented) -> Caller:
         """The Basic credentials of this request: 429 while the address is locked out,
         401 for a wrong password or an unknown user (the same answer for both)."""
+        if presented.malformed or (presented.token is not None and presented.basic is None):
+            # Where basic_caller is asked, a Bearer header is no credential either.
+            raise self.basic_challenge("malformed Authorization header")
         if presented.basic is None or presented.basic == ("", ""):
             # containers/image sends an empty `Basic Og==` when it has no credentials.
             return ANONYMOUS
+        username, password = presented.basic
         address = self.client_address(presented)
-        wait = self.limiter.retry_after(address)
+        wait = self.limiter.retry_after(address, username)
         if wait is not None:
             raise TooManyRequests(
                 {"retry_after": wait},
                 message="too many failed logins from this address",
                 headers={"Retry-After": str(wait)},
             )
-        username, password = presented.basic
         if not (username and password and self.authenticator.verify(username, password)):
-            self.limiter.fail(address)
+            self.limiter.fail(address, username)
             raise self.basic_challenge("invalid username or password")
         return Caller(username, authenticated=True)
 
@@ -120,6 +139,10 @@ class Guard:
         return presented.peer
 
     def bearer_caller(self, presented: Presented, need: Need) -> Caller:
+        if presented.malformed:
+            raise self.challenge(
+                need, presented, error="invalid_request", message="malformed Authorization header"
+            )
         if presented.token is None:
             return ANONYMOUS
         claims = self._verify_token(presented.token)
@@ -141,7 +164,7 @@ class Guard:
             return None
 
     def caller(self, presented: Presented, need: Need) -> Caller:
-        if self.mode == "token":
+        if self.mode == "token" or (self.issues_tokens and presented.token is not None):
             return self.bearer_caller(presented, need)
         return self.basic_caller(presented)
 
@@ -160,7 +183,7 @@ class Guard:
         message: str | None = None,
     ) -> Unauthorized:
         settings = self.settings
-        if self.mode == "token":
+        if self.issues_tokens:
             realm = settings.auth_token_realm or presented.host_url.rstrip("/") + TOKEN_PATH
             header = f'Bearer realm="{realm}",service="{settings.auth_token_service}"'
             if need.scope():
@@ -171,7 +194,7 @@ class Guard:
             header = f'Basic realm="{settings.auth_realm}"'
         detail = None
         if need.kind != "login":
-            type_, name = need.scope().split(":")[:2]
+            type_, name = need.scope().split(" ")[0].split(":")[:2]
             detail = [{"Type": type_, "Name": name, "Action": a} for a in need.actions or ("*",)]
         return Unauthorized(detail, message=message, headers={"WWW-Authenticate": header})
 
@@ -179,7 +202,7 @@ class Guard:
 
     def allowed(self, caller: Caller, repository: str) -> frozenset[str]:
         granted = self.policy.allowed(caller.user, repository)
-        if self.mode == "token":
+        if self.mode == "token" or caller.token is not None:
             # Both must agree: the token's scope, and the rules as they stand now.
             held = caller.token.actions("repository", repository) if caller.token else frozenset()
             granted &= held
@@ -191,7 +214,7 @@ class Guard:
                 raise self.challenge(need, presented)
             return
         if need.kind == "catalog":
-            if self.mode == "token":
+            if self.mode == "token" or caller.token is not None:
                 held = caller.token.actions("registry", "catalog") if caller.token else None
                 if not held:
                     error = "insufficient_scope" if caller.token else None
@@ -202,7 +225,7 @@ class Guard:
         missing = set(need.actions) - self.allowed(caller, need.repository)
         if not missing:
             return
-        token_too_narrow = self.mode == "token" and caller.token is not None
+        token_too_narrow = caller.token is not None
         if token_too_narrow and self.policy.may(caller.user, need.repository, need.actions):
             # The rules allow it, the token just does not say so: ask for a new one.
             raise self.challenge(need, presented, error="insufficient_scope")
@@ -216,7 +239,8 @@ class Guard:
     def admin(self, presented: Presented) -> Caller:
         """The caller of an /api/ request, who must be an administrator. A bearer token is
         taken in token mode, Basic credentials otherwise (and as a fallback)."""
-        caller = self.bearer_caller(presented, Need("login")) if self.mode == "token" else None
+        bearer = self.mode == "token" or (self.issues_tokens and presented.token is not None)
+        caller = self.bearer_caller(presented, Need("login")) if bearer else None
         if caller is None or caller.user is None:
             caller = self.basic_caller(presented)
         if caller.user is None:

@@ -1,54 +1,96 @@
-"""Brute-force protection: too many failed logins from one address -> wait.
+"""Brute-force protection: too many failed logins -> wait.
 
-A sliding window per client address, kept in each process and shared by its threads
-(gunicorn's gthread workers): with W worker processes an address gets at most
-W x auth_max_failures tries per window before every worker turns it away. Successes do
-not reset the count, so a valid account cannot be used to keep guessing another one.
+Failures are rows in the database, so every worker and every instance counts the same ones
+(per-process counters let W workers take W times the guesses). A sliding window of
+`auth_failure_window` seconds, two counts:
+- per address and user name: `limit` failures lock that name out from that address (the
+  right password included, until the window has passed); a guesser elsewhere cannot lock
+  the account's owner out;
+- per address: ADDRESS_FACTOR x `limit` failures, whatever the names, stop one address
+  trying many accounts.
+Successes do not reset the counts, so a valid account cannot be used to keep guessing
+another one.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections import deque
+
+from sqlalchemy import bindparam, delete, func, insert, or_, select
+
+from app.db import Database
+from app.db.models import AuthFailure
+
+ADDRESS_FACTOR = 3
+
+# Every Basic login asks this (one statement for both keys, compiled once: Database.rows).
+_COUNTS = (
+    select(AuthFailure.key, func.count())
+    .where(
+        or_(AuthFailure.key == bindparam("by_user"), AuthFailure.key == bindparam("by_address")),
+        AuthFailure.at > bindparam("since"),
+    )
+    .group_by(AuthFailure.key)
+)
+_NTH_RECENT = (
+    select(AuthFailure.at)
+    .where(AuthFailure.key == bindparam("key"), AuthFailure.at > bindparam("since"))
+    .order_by(AuthFailure.at.desc())
+    .offset(bindparam("nth"))
+    .limit(1)
+)
+_RECORD = insert(AuthFailure)
+_EXPIRE = delete(AuthFailure).where(
+    AuthFailure.key.in_(bindparam("keys", expanding=True)), AuthFailure.at <= bindparam("since")
+)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _safe(text: str, limit: int) -> str:
+    # Names and addresses are the client's to invent: escaped (no NUL reaches PostgreSQL)
+    # and bounded to the column.
+    return text.encode("unicode_escape").decode("ascii")[:limit]
+
+
+def _keys(address: str, user: str) -> tuple[str, str]:
+    where = _safe(address, 80)
+    return f"user:{where}:{_safe(user, 500)}", f"addr:{where}"
 
 
 class FailureLimiter:
-    MAX_ADDRESSES = 100_000
-
-    def __init__(self, limit: int, window: float) -> None:
+    def __init__(self, db: Database, limit: int, window: float) -> None:
+        self.db = db
         self.limit = limit
-        self.window = window
-        self._lock = threading.Lock()
-        self._failures: dict[str, deque[float]] = {}
+        self.window_ms = int(window * 1000)
 
-    def _prune(self, times: deque[float], now: float) -> None:
-        while times and times[0] <= now - self.window:
-            times.popleft()
+    def retry_after(self, address: str, user: str) -> int | None:
+        """Seconds before `user` may try again from `address`, or None if it may now."""
+        now = _now_ms()
+        since = now - self.window_ms
+        by_user, by_address = _keys(address, user)
+        params = {"by_user": by_user, "by_address": by_address, "since": since}
+        counts = dict(self.db.rows(_COUNTS, params))
+        limits = {by_user: self.limit, by_address: self.limit * ADDRESS_FACTOR}
+        over = [key for key, limit in limits.items() if counts.get(key, 0) >= limit]
+        if not over:
+            return None
+        wait = 1
+        for key in over:
+            # The window reopens when the limit-th most recent failure leaves it.
+            params = {"key": key, "since": since, "nth": limits[key] - 1}
+            found = self.db.rows(_NTH_RECENT, params)
+            if found:
+                wait = max(wait, math.ceil((found[0][0] + self.window_ms - now) / 1000))
+        return wait
 
-    def retry_after(self, address: str) -> int | None:
-        """Seconds `address` must wait before trying again, or None if it may try now."""
-        now = time.monotonic()
-        with self._lock:
-            times = self._failures.get(address)
-            if not times:
-                return None
-            self._prune(times, now)
-            if len(times) < self.limit:
-                return None
-            return max(1, math.ceil(times[-self.limit] + self.window - now))
-
-    def fail(self, address: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if len(self._failures) >= self.MAX_ADDRESSES:
-                for key in list(self._failures):
-                    self._prune(self._failures[key], now)
-                    if not self._failures[key]:
-                        del self._failures[key]
-            times = self._failures.setdefault(address, deque())
-            times.append(now)
-            self._prune(times, now)
-            while len(times) > self.limit:  # older entries can no longer matter
-                times.popleft()
+    def fail(self, address: str, user: str) -> None:
+        now = _now_ms()
+        keys = _keys(address, user)
+        with self.db.transaction(write=True) as session:
+            session.execute(_RECORD, [{"key": key, "at": now} for key in keys])
+            # Rows past the window can no longer matter.
+            session.execute(_EXPIRE, {"keys": list(keys), "since": now - self.window_ms})

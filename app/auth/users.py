@@ -253,6 +253,11 @@ class Authenticator:
     def verify(self, name: str, password: str) -> bool:
         if not name or not password:
             return False
+        if not name.isprintable() or len(name) > 255:
+            # No account has such a name (a NUL cannot even reach PostgreSQL): check against
+            # the dummy hash, so this answer takes as long as any other wrong password.
+            check_password(password, _dummy_hash(self._cost))
+            return False
         if self.cache.hit(name, password):
             return True
         hashed = self.lookup(name)

@@ -223,3 +223,57 @@ class AuthSigningKey(Base):
     algorithm: Mapped[str] = mapped_column(String(16))
     private_key: Mapped[str] = mapped_column(Text)  # PEM, PKCS#8
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+
+
+class AuthFailure(Base):
+    """A failed login, counted by every worker and instance (app/auth/throttle.py): one row
+    per failure for the client's address, and one for the address and the user name."""
+
+    __tablename__ = "auth_failure"
+    __table_args__ = (Index("ix_auth_failure_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(600))
+    # Milliseconds since the epoch: compared in the raw read of every Basic login
+    # (Database.rows), where SQLite would compare a datetime as text.
+    at: Mapped[int] = mapped_column(BigInteger)
+
+
+class MirrorFetch(Base):
+    """A blob being fetched from a pull-through cache's upstream: one row per digest, held by
+    one request of one worker of one instance at a time, is the single flight. A holder that
+    dies loses it when `expires_at` passes; it renews it while bytes arrive."""
+
+    __tablename__ = "mirror_fetch"
+
+    digest: Mapped[str] = mapped_column(String(150), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(36))
+    upstream: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp())
+
+
+class MirrorTag(Base):
+    """When a cached tag was last found to agree with its upstream: its ttl counts from here."""
+
+    __tablename__ = "mirror_tag"
+
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repository.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(150))
+    checked_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+
+
+class UiSession(Base):
+    """A web UI login (app/auth/sessions.py): the cookie carries a random id, the row only its
+    sha256, so a leaked database gives no usable session."""
+
+    __tablename__ = "ui_session"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user: Mapped[str] = mapped_column(String(255))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp(), index=True)

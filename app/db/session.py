@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.expression import Executable
 
@@ -123,7 +124,11 @@ class Database:
         compiled = self._compiled.get(statement)
         if compiled is None:
             compiled = self._compiled[statement] = _Compiled.of(statement, self.engine)
-        connection = self.engine.raw_connection()
+        driver_error = self.engine.dialect.loaded_dbapi.Error
+        try:
+            connection = self.engine.raw_connection()
+        except driver_error as exc:  # connecting failed: the database is away
+            raise DBAPIError.instance(compiled.sql, None, exc, driver_error) from exc
         try:
             cursor = connection.cursor()
             try:
@@ -131,6 +136,13 @@ class Database:
                 return list(cursor.fetchall())
             finally:
                 cursor.close()
+        except driver_error as exc:
+            # As SQLAlchemy's own execution would: its exception types, and a connection
+            # that broke is not handed out again.
+            error = DBAPIError.instance(compiled.sql, None, exc, driver_error)
+            if isinstance(error, OperationalError | InterfaceError):
+                connection.invalidate(exc)
+            raise error from exc
         finally:
             connection.close()  # back to the pool, which rolls back what the driver began
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from app.notifications import events
 from app.registry import queries
 from app.registry.context import Context
 from app.registry.queries import StoredManifest
-from app.registry.references import Digest, check_tag, is_digest
+from app.registry.references import Digest, check_tag, is_digest, is_tag
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -48,6 +49,44 @@ class ParsedManifest:
     annotations: dict[str, str] | None = None
 
 
+# Limits checked before anything is written (the database has column limits, and PostgreSQL
+# text cannot hold NUL): sizes fit in int64, media types are at most 255 characters (RFC 6838:
+# a type and a subtype of 127 each) and printable.
+MAX_SIZE = 2**63 - 1
+MAX_MEDIA_TYPE = 255
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
+
+
+def _media_type(value: Any, field: str, where: str | None = None) -> str | None:
+    """A media type's value, checked; errors name `where` (the descriptor) or the field."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        message = f"{where} has an invalid mediaType" if where else f"{field} must be a string"
+        raise ManifestInvalid({"field": where or field}, message=message)
+    if len(value) > MAX_MEDIA_TYPE or not _PRINTABLE.fullmatch(value):
+        raise ManifestInvalid(
+            {"field": where or field},
+            message=f"{field} must be at most {MAX_MEDIA_TYPE} printable ASCII characters",
+        )
+    return value
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Parsers disagree on which of two equal keys wins, so a registry and a client could
+    disagree on what an image holds: such a document is refused."""
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise _DuplicateKey(key)
+        doc[key] = value
+    return doc
+
+
 def _descriptor(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ManifestInvalid({"field": where}, message=f"{where} is not a descriptor")
@@ -60,26 +99,28 @@ def _descriptor(value: Any, where: str) -> dict[str, Any]:
         raise ManifestInvalid(
             {"field": where, "digest": digest}, message=f"{where}: bad digest"
         ) from exc
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
         raise ManifestInvalid({"field": where}, message=f"{where} has no valid size")
-    if media_type is not None and not isinstance(media_type, str):
-        raise ManifestInvalid({"field": where}, message=f"{where} has an invalid mediaType")
+    _media_type(media_type, f"{where}.mediaType", where)
     return value
 
 
 def parse(body: bytes, content_type: str | None) -> ParsedManifest:
     """Check a manifest's shape and collect the digests it references."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(body, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise ManifestInvalid(
+            {"key": str(exc)}, message=f"manifest has the key {str(exc)!r} twice"
+        ) from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        # ValueError: malformed JSON, and integers past the interpreter's digit limit.
         raise ManifestInvalid({"reason": str(exc)}, message="manifest is not valid JSON") from exc
     except RecursionError as exc:  # nested deeper than the parser's stack allows
         raise ManifestInvalid(message="manifest is nested too deeply") from exc
     if not isinstance(doc, dict):
         raise ManifestInvalid(message="manifest is not a JSON object")
-    declared = doc.get("mediaType")
-    if declared is not None and not isinstance(declared, str):
-        raise ManifestInvalid(message="mediaType must be a string")
+    declared = _media_type(doc.get("mediaType"), "mediaType")
     header = (content_type or "").split(";")[0].strip() or None
     media_type = declared or header
     if declared and header and declared != header and header != "application/json":
@@ -92,9 +133,7 @@ def parse(body: bytes, content_type: str | None) -> ParsedManifest:
     if doc.get("schemaVersion") != 2:
         raise ManifestInvalid(message="schemaVersion must be 2")
     parsed = ParsedManifest(media_type)
-    artifact_type = doc.get("artifactType")
-    if artifact_type is not None and not isinstance(artifact_type, str):
-        raise ManifestInvalid(message="artifactType must be a string")
+    artifact_type = _media_type(doc.get("artifactType"), "artifactType")
     annotations = doc.get("annotations")
     if annotations is not None and not (
         isinstance(annotations, dict) and all(isinstance(v, str) for v in annotations.values())
@@ -132,7 +171,11 @@ def put(
     body: bytes,
     content_type: str | None,
     origin: events.RequestInfo | None = None,
+    tags: Sequence[str] = (),
 ) -> StoredManifest:
+    """Store a manifest under a tag or a digest. `tags` (OCI's `?tag=` parameters on a push
+    by digest) tags it under each of them too, in the same transaction."""
+    names = [check_tag(tag) for tag in dict.fromkeys(tags)]
     if is_digest(reference):
         wanted = Digest.parse(reference)
         digest = Digest.of(body, wanted.algorithm)
@@ -140,9 +183,8 @@ def put(
             raise DigestInvalid(
                 {"digest": reference}, message="manifest digest does not match body"
             )
-        tag = None
     else:
-        tag = check_tag(reference)
+        names = [check_tag(reference), *(name for name in names if name != reference)]
         digest = Digest.of(body)
     parsed = parse(body, content_type)
     new = queries.NewManifest(
@@ -163,12 +205,15 @@ def put(
         missing += queries.missing_manifests(session, repo_id, parsed.manifests)
         if missing:
             raise _unknown_blobs(missing)
-        queries.store_manifest(session, repo_id, new, tag)
-        pushed = events.manifest_event(
-            "push", repo, str(digest), parsed.media_type, body, tag, origin
-        )
-        reg.outbox.record(session, [pushed])
-    return StoredManifest(str(digest), parsed.media_type, body, parsed.subject)
+        queries.store_manifest(session, repo_id, new, names)
+        # One push event per tag, as distribution sends it; by digest alone, one untagged.
+        tagged: list[str | None] = [*names] or [None]
+        pushed = [
+            events.manifest_event("push", repo, str(digest), parsed.media_type, body, tag, origin)
+            for tag in tagged
+        ]
+        reg.outbox.record(session, pushed)
+    return StoredManifest(str(digest), parsed.media_type, body, parsed.subject, tuple(names))
 
 
 def _unknown_blobs(missing: list[str]) -> RegistryError:
@@ -190,7 +235,8 @@ def get(
     if is_digest(reference):
         found = queries.manifest(reg.db, repo, digest=str(Digest.parse(reference)))
     else:
-        found = queries.manifest(reg.db, repo, tag=check_tag(reference))
+        # A reference that cannot be a tag names no manifest (a PUT to it is TAG_INVALID).
+        found = queries.manifest(reg.db, repo, tag=reference) if is_tag(reference) else None
     if found is None:
         raise ManifestUnknown({"name": repo, "reference": reference})
     if pulled_by is not None and not (client_has is not None and client_has(found.digest)):
@@ -228,6 +274,6 @@ def delete_reference(
             reg.outbox.record(session, [gone, *untagged])
             queries.delete_manifest(session, doomed.id)
         else:
-            if not queries.delete_tag(session, repo_id, check_tag(reference)):
+            if not is_tag(reference) or not queries.delete_tag(session, repo_id, reference):
                 raise ManifestUnknown({"name": repo, "reference": reference})
             reg.outbox.record(session, [events.tag_deleted(repo, reference, origin)])

@@ -23,6 +23,7 @@ from app.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
+    InsufficientStorage,
     RangeInvalid,
     SizeInvalid,
 )
@@ -30,7 +31,7 @@ from app.notifications import events
 from app.registry import blobs, paths, queries
 from app.registry.context import Context
 from app.registry.references import Digest
-from app.storage import PathNotFound
+from app.storage import PathNotFound, StorageFull
 
 CHUNK = 1024 * 1024
 # How long a writer keeps an upload without renewing; it renews every quarter of this.
@@ -296,6 +297,14 @@ def _write_chunk(
         writer.commit()
     except _LeaseLost:
         raise  # the bytes are another request's now: leave them alone
+    except StorageFull as exc:
+        # What was accepted before stays; cancelling the upload frees its space.
+        writer.cancel()
+        log.warning("upload %s: storage full: %s", upload_id, exc)
+        raise InsufficientStorage(
+            {"upload": upload_id, "kept": size},
+            message="the registry's storage is full; the chunk was not stored",
+        ) from exc
     except SizeInvalid:
         writer.cancel()
         raise

@@ -10,6 +10,7 @@ from app.storage.base import (
     PathNotFound,
     StorageDriver,
     StorageError,
+    StorageFull,
 )
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "PathNotFound",
     "StorageDriver",
     "StorageError",
+    "StorageFull",
     "create_driver",
 ]
 

@@ -34,6 +34,10 @@ class Unsupported(StorageError):
     pass
 
 
+class StorageFull(StorageError):
+    """No space left (or the quota is used up): the bytes were not stored."""
+
+
 @dataclass(frozen=True)
 class FileInfo:
     path: str

@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import ctypes
+import errno
 import os
 import shutil
 import stat
@@ -20,6 +21,7 @@ from app.storage.base import (
     InvalidOffset,
     PathNotFound,
     StorageDriver,
+    StorageFull,
     check_path,
 )
 
@@ -51,7 +53,9 @@ WRITEBACK_EVERY = 8 * 1024 * 1024
 class _FileWriter(FileWriter):
     def __init__(self, target: Path, append: bool) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(target, "ab" if append else "wb")  # noqa: SIM115 - closed in close()
+        # Unbuffered: chunks arrive in 1 MiB pieces anyway, and cancel() must be able to
+        # drop what a full disk refused without flushing it first (which would fail again).
+        self._file = open(target, "ab" if append else "wb", buffering=0)  # noqa: SIM115 - closed in close()
         self._start = self._file.tell()
         self._size = self._start
         self._written_back = self._start
@@ -61,11 +65,19 @@ class _FileWriter(FileWriter):
         return self._size
 
     def write(self, data: bytes) -> int:
-        written = self._file.write(data)
-        self._size += written
+        view = memoryview(data)
+        try:
+            while view:
+                done = self._file.write(view) or 0
+                self._size += done
+                view = view[done:]
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(str(exc)) from exc
+            raise
+        written = len(data)
         if _sync_file_range and self._size - self._written_back >= WRITEBACK_EVERY:
             # Start writeback (no waiting, no durability promise: move() still fsyncs).
-            self._file.flush()
             pending = self._size - self._written_back
             _sync_file_range(
                 self._file.fileno(), self._written_back, pending, _SYNC_FILE_RANGE_WRITE
@@ -74,11 +86,11 @@ class _FileWriter(FileWriter):
         return written
 
     def commit(self) -> None:
-        # No fsync per chunk: the upload's bytes are fsynced once, by move() at completion.
-        self._file.flush()
+        # No fsync per chunk: the upload's bytes are fsynced once, by move() at completion;
+        # and nothing is buffered here.
+        return None
 
     def cancel(self) -> None:
-        self._file.flush()
         self._file.truncate(self._start)
         self._size = self._start
 

@@ -16,6 +16,7 @@ from flask import Blueprint, Flask, g, request
 from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth
 
 from app.auth.guard import TOKEN_PATH, Access, Guard, Need, Presented
+from app.registry.references import is_valid_name
 from app.views.base import Response, json_response, registry
 
 bp = Blueprint("auth", __name__)
@@ -32,9 +33,11 @@ def _presented() -> Presented:
     if credentials is not None:
         basic = (credentials.username or "", credentials.password or "")
     bearer = _bearer.get_auth()
+    sent = request.headers.get("Authorization") is not None
     return Presented(
         basic=basic,
         token=bearer.token if bearer is not None else None,
+        malformed=sent and credentials is None and bearer is None,
         peer=request.remote_addr or "",
         forwarded_for=request.headers.get("X-Forwarded-For", ""),
         host_url=request.host_url,
@@ -53,6 +56,10 @@ def _need() -> Need:
         actions = ("delete",)
     else:
         actions = ("pull", "push")
+    source = request.args.get("from") or ""
+    mounting = request.endpoint == "uploads.start_upload" and request.args.get("mount")
+    if mounting and is_valid_name(source):
+        return Need("repository", name, actions, (f"repository:{source}:pull",))
     return Need("repository", name, actions)
 
 
@@ -72,7 +79,7 @@ def _check_access(guard: Guard) -> None:
 @bp.get(TOKEN_PATH)
 def issue_token() -> Response:
     guard = registry().guard
-    assert guard is not None  # registered in token mode only
+    assert guard is not None  # registered only when the guard issues tokens
     return json_response(guard.issue_token(_presented(), request.args.getlist("scope")))
 
 
@@ -86,5 +93,5 @@ def init_app(app: Flask) -> None:
             "auth = %s with no auth_rules or auth_admins: nobody may do anything", guard.mode
         )
     app.before_request(lambda: _check_access(guard))
-    if guard.mode == "token":
+    if guard.issues_tokens:  # token mode, and basic mode with anonymous pulls (guard.py)
         app.register_blueprint(bp)

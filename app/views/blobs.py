@@ -7,6 +7,7 @@ from typing import BinaryIO
 
 from flask import Blueprint, request
 
+from app.mirror import pull
 from app.registry import blobs
 from app.registry.references import Digest
 from app.views.base import Response, registry
@@ -36,7 +37,8 @@ _OFFLOAD_DROPS = ("Content-Length", "Content-Range", "Accept-Ranges")
 
 @bp.route("/v2/<repo:name>/blobs/<digest>", methods=["GET", "HEAD"])
 def get_blob(name: str, digest: str) -> Response:
-    found = blobs.find(registry(), name, Digest.parse(digest))
+    # Through the pull-through cache when the name is mirrored (containerd names it by ?ns=).
+    found = pull.blob(registry(), name, Digest.parse(digest), request.args.get("ns"))
     headers = {
         "Docker-Content-Digest": str(found.digest),
         "ETag": f'"{found.digest}"',

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, request
 
 from app.errors import PayloadTooLarge
+from app.mirror import pull
 from app.registry import manifests
 from app.views.base import Response, registry
 from app.views.http import content_length
@@ -17,8 +18,12 @@ bp = Blueprint("manifests", __name__)
 def get_manifest(name: str, reference: str) -> Response:
     client_has = request.if_none_match.contains_weak  # a digest, quoted or not, or "*"
     pulled_by = request_info if request.method == "GET" else None
-    stored = manifests.get(registry(), name, reference, pulled_by, client_has)
+    ns = request.args.get("ns")  # containerd's mirror requests name the upstream so
+    served = pull.manifest(registry(), name, reference, ns, pulled_by, client_has)
+    stored = served.manifest
     headers = {"Docker-Content-Digest": stored.digest, "ETag": f'"{stored.digest}"'}
+    if served.warning:  # a cached tag its upstream could not confirm
+        headers["Warning"] = served.warning
     if client_has(stored.digest):
         return Response(status=304, headers=headers)
     headers["Content-Length"] = str(len(stored.payload))
@@ -37,15 +42,22 @@ def put_manifest(name: str, reference: str) -> Response:
     if len(body) > limit:
         raise PayloadTooLarge({"limit": limit}, message="manifest too large")
     content_type = request.headers.get("Content-Type")
-    stored = manifests.put(reg, name, reference, body, content_type, request_info())
-    headers = {
-        "Location": f"/v2/{name}/manifests/{stored.digest}",
-        "Docker-Content-Digest": stored.digest,
-        "Content-Length": "0",
-    }
+    tags = request.args.getlist("tag")  # OCI: tags for a push by digest
+    stored = manifests.put(reg, name, reference, body, content_type, request_info(), tags)
+    response = Response(
+        status=201,
+        headers={
+            "Location": f"/v2/{name}/manifests/{stored.digest}",
+            "Docker-Content-Digest": stored.digest,
+            "Content-Length": "0",
+        },
+    )
     if stored.subject:
-        headers["OCI-Subject"] = stored.subject
-    return Response(status=201, headers=headers)
+        response.headers["OCI-Subject"] = stored.subject
+    if tags:
+        for tag in stored.tags:
+            response.headers.add("OCI-Tag", tag)
+    return response
 
 
 @bp.delete("/v2/<repo:name>/manifests/<reference>")

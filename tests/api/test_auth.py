@@ -204,9 +204,43 @@ def test_anonymous_pull(app: Flask, accounts: None) -> None:
     assert anonymous.get("/v2/_catalog").get_json()["repositories"] == ["library/base"]
     push = anonymous.post("/v2/library/base/blobs/uploads/")
     assert push.status_code == 401
-    assert push.headers["WWW-Authenticate"] == 'Basic realm="Berth Registry"'
+    # A Bearer challenge: docker, challenged with Basic, refuses to pull without
+    # credentials; with a token endpoint it fetches an anonymous pull token instead.
+    assert push.headers["WWW-Authenticate"] == (
+        'Bearer realm="http://localhost/auth/token",service="berth",'
+        'scope="repository:library/base:pull,push"'
+    )
     # Credentials, when sent, are still checked.
     assert as_user(app, "reader", "wrong").get("/v2/library/base/manifests/v1").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"auth": "basic", "auth_rules": RULES, "auth_anonymous_pull": True}],
+)
+def test_anonymous_pull_token_flow_as_docker_does_it(app: Flask, accounts: None) -> None:
+    image = RegistryClient(as_user(app, "docker-deployer")).push_image("library/base", "v1")
+    scope = "repository:library/base:pull,push"
+    # Anonymous: a token that pulls and nothing more.
+    anonymous = as_user(app, None)
+    token = anonymous.get(f"/auth/token?service=berth&scope={scope}").get_json()["token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert anonymous.get("/v2/", headers=bearer).status_code == 200
+    got = anonymous.get("/v2/library/base/manifests/v1", headers=bearer)
+    assert got.data == image.manifest
+    refused = anonymous.post("/v2/library/base/blobs/uploads/", headers=bearer)
+    assert refused.status_code == 401
+    assert 'error="insufficient_scope"' not in refused.headers["WWW-Authenticate"]
+    # docker login: a wrong password gets no token, the right one does, and it pushes.
+    assert (
+        as_user(app, "docker-deployer", "wrong").get("/auth/token?service=berth").status_code == 401
+    )
+    deployer = as_user(app, "docker-deployer")
+    token = deployer.get(f"/auth/token?service=berth&scope={scope}").get_json()["token"]
+    pushed = as_user(app, None).post(
+        "/v2/library/base/blobs/uploads/", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert pushed.status_code == 202
 
 
 @pytest.mark.parametrize(

@@ -47,10 +47,13 @@ def render(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
-def gen_certs(out: Path) -> Path:
-    """deploy/gen-certs.sh into out/; returns a directory holding only ca.crt, as the
-    containers tools' --cert-dir wants it (any *.crt there is a trusted CA)."""
-    subprocess.run(["sh", str(DEPLOY / "gen-certs.sh"), str(out)], check=True, capture_output=True)
+def gen_certs(out: Path, *names: str) -> Path:
+    """deploy/gen-certs.sh into out/ (names: further host names or addresses); returns a
+    directory holding only ca.crt, as the containers tools' --cert-dir wants it (any *.crt
+    there is a trusted CA)."""
+    subprocess.run(
+        ["sh", str(DEPLOY / "gen-certs.sh"), str(out), *names], check=True, capture_output=True
+    )
     trust = out / "trust"
     trust.mkdir()
     shutil.copy(out / "ca.crt", trust / "ca.crt")
@@ -75,10 +78,11 @@ class Proxy:
     process: subprocess.Popen[bytes] = field(repr=False)
     error_log: Path = field(repr=False)
     access_log: Path = field(repr=False)
+    address: str = "127.0.0.1"
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -139,11 +143,17 @@ def _values(port: int, certs: Path, upstream: str, v1: str, storage: Path) -> di
 
 
 def start_nginx(
-    workdir: Path, certs: Path, upstream: str, v1: str, storage: Path, ca: Path
+    workdir: Path,
+    certs: Path,
+    upstream: str,
+    v1: str,
+    storage: Path,
+    ca: Path,
+    address: str = "127.0.0.1",
 ) -> Proxy:
     port = free_port()
     values = _values(port, certs, upstream, v1, storage)
-    values["BERTH_LISTEN"] = f"127.0.0.1:{port}"
+    values["BERTH_LISTEN"] = f"{address}:{port}"
     (workdir / "tmp").mkdir(parents=True)
     site = workdir / "berth.conf"
     site.write_text(render(NGINX_TEMPLATE.read_text(), values))
@@ -175,7 +185,9 @@ http {{
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    proxy = Proxy("nginx", port, workdir, process, workdir / "error.log", workdir / "access.log")
+    proxy = Proxy(
+        "nginx", port, workdir, process, workdir / "error.log", workdir / "access.log", address
+    )
     _wait_listening(proxy, ca)
     return proxy
 

@@ -64,3 +64,9 @@ def test_wheel_installed_elsewhere_migrates_and_serves(
     assert pushed.status_code == 201, pushed.text
     pulled = requests.get(f"{server.url}/v2/wheel/test/blobs/{digest}", timeout=30)
     assert pulled.status_code == 200 and pulled.content == data
+    # The web UI's templates and static files are inside the wheel too.
+    page = requests.get(f"{server.url}/ui/", timeout=30)
+    assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
+    assert ">wheel/test</a>" in page.text
+    script = requests.get(f"{server.url}/ui/static/ui.js", timeout=30)
+    assert script.status_code == 200 and "copyText" in script.text

@@ -176,6 +176,18 @@ def _add_mirror() -> None:
 _add_mirror()
 
 
+def _add_client_and_import() -> None:
+    # The HTTP client's commands (app/client/cli.py) and `berth import` (app/import_cli.py).
+    from app.client.cli import register
+    from app.import_cli import import_
+
+    register(main)
+    main.add_command(import_)
+
+
+_add_client_and_import()
+
+
 def _registry(settings: Settings) -> Registry:
     """The configured registry, for maintenance commands."""
     try:

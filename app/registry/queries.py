@@ -985,3 +985,11 @@ def referrer_rows(
     for row in rows:
         found[row.subject_digest].append(_manifest_row(row))
     return found
+
+
+# --- imports (app/registry/ingest.py) --------------------------------------------------------
+
+
+def blob_size(session: Session, digest: str) -> int | None:
+    """The size of a blob Berth holds, linked anywhere or not; None when it has no row."""
+    return session.scalar(select(B.c.size).where(B.c.digest == digest))

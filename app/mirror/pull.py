@@ -207,16 +207,7 @@ def _fetch_manifest(reg: Context, where: Route, reference: str, wanted: Digest |
             message=f"upstream {prefix} sent a manifest Berth cannot cache: {exc.message}",
             status=502,
         ) from exc
-    new = content.NewManifest(
-        digest=str(digest),
-        media_type=parsed.media_type,
-        artifact_type=parsed.artifact_type,
-        subject=parsed.subject,
-        annotations=parsed.annotations,
-        payload=payload,
-        blobs=parsed.blobs,
-        manifests=parsed.manifests,
-    )
+    new = parsed.row(digest, payload)
     tag = None if wanted is not None else reference
     with reg.db.transaction(write=True) as session:
         repo_id = content.ensure_repository(session, where.repo)

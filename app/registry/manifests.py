@@ -48,6 +48,19 @@ class ParsedManifest:
     artifact_type: str | None = None
     annotations: dict[str, str] | None = None
 
+    def row(self, digest: Digest, payload: bytes) -> queries.NewManifest:
+        """What the database keeps of this manifest (queries.store_manifest)."""
+        return queries.NewManifest(
+            digest=str(digest),
+            media_type=self.media_type,
+            artifact_type=self.artifact_type,
+            subject=self.subject,
+            annotations=self.annotations,
+            payload=payload,
+            blobs=self.blobs,
+            manifests=self.manifests,
+        )
+
 
 # Limits checked before anything is written (the database has column limits, and PostgreSQL
 # text cannot hold NUL): sizes fit in int64, media types are at most 255 characters (RFC 6838:
@@ -187,16 +200,7 @@ def put(
         names = [check_tag(reference), *(name for name in names if name != reference)]
         digest = Digest.of(body)
     parsed = parse(body, content_type)
-    new = queries.NewManifest(
-        digest=str(digest),
-        media_type=parsed.media_type,
-        artifact_type=parsed.artifact_type,
-        subject=parsed.subject,
-        annotations=parsed.annotations,
-        payload=body,
-        blobs=parsed.blobs,
-        manifests=parsed.manifests,
-    )
+    new = parsed.row(digest, body)
     with reg.db.transaction(write=True) as session:
         repo_id = queries.ensure_repository(session, repo)
         # gc waits for this transaction before deleting any of these (app/db/locks.py).

@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from app.auth import sessions
-from app.auth.guard import Presented
+from app.auth.guard import Access, Caller, Presented
 from app.context import Registry
 from app.errors import RegistryError, TooManyRequests, Unauthorized
 from app.notifications import delivery
@@ -29,6 +29,7 @@ from app.registry import browse, manifests
 from app.registry import repositories as repository_store
 from app.ui import filters
 from app.ui.viewer import Viewer
+from app.views.origin import request_info
 
 bp = Blueprint(
     "ui",
@@ -70,18 +71,12 @@ def _viewer() -> Viewer:
 
 
 def _request_info() -> RequestInfo:
-    """Who made the change, for the webhook events it causes."""
-    forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
-    return RequestInfo(
-        id=g.get("request_id", ""),
-        addr=forwarded or request.remote_addr or "",
-        host=request.host,
-        method=request.method,
-        useragent=request.headers.get("User-Agent", ""),
-        actor=_viewer().user or "",
-        base_url=request.host_url.rstrip("/"),
-        server_port=str(request.environ.get("SERVER_PORT", "")),
-    )
+    """Who made the change, for the webhook events it causes: as for the API, with the
+    UI's logged-in user as the actor."""
+    user = _viewer().user
+    if user is not None:
+        g.berth_access = Access(_registry().guard, Caller(user, authenticated=True))
+    return request_info()
 
 
 def _int_arg(name: str, default: int, upper: int | None = None) -> int:

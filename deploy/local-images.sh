@@ -141,7 +141,7 @@ save() {
 }
 
 build_base() {
-  local tag=$1 want=$2 work rootfs version
+  local tag=$1 want=$2 work rootfs version out
   [ "$(id -u)" = 0 ] || die "debootstrap needs root to build $tag"
   command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
   work=$(mktemp -d "${TMPDIR:-/tmp}/berth-rootfs.XXXXXX")
@@ -159,7 +159,8 @@ build_base() {
   rm -f "$rootfs"/usr/lib/python3*/EXTERNALLY-MANAGED
   if ((${#cas[@]})); then
     cp "${cas[@]}" "$rootfs/usr/local/share/ca-certificates/"
-    chroot "$rootfs" update-ca-certificates >/dev/null
+    # Quiet unless it fails: its rehash step always warns about the bundle it has just written.
+    out=$(chroot "$rootfs" update-ca-certificates 2>&1) || die "update-ca-certificates: $out"
   fi
   version=$(chroot "$rootfs" python3 -c 'import platform; print(platform.python_version())')
   chroot "$rootfs" apt-get clean

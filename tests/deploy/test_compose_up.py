@@ -13,6 +13,7 @@ end of the module, the local-images cache keeps the base images for the next run
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -275,6 +276,60 @@ def berth_metric(project: Project, name: str) -> float:
 
 
 # --- the tests, in order: the last one turns token auth on -------------------------------
+
+
+def _wait_for(docker: DockerCLI, container: str, *probe: str) -> str:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return docker("exec", container, *probe).stdout
+        except ClientError:
+            if time.monotonic() > deadline:
+                raise AssertionError(docker("logs", container).stderr[-4000:]) from None
+            time.sleep(1)
+
+
+def test_stand_ins_keep_the_official_images_contracts(
+    compose_engine: DockerEngine, local_images: str, tmp_path: Path
+) -> None:
+    docker = compose_engine.cli(tmp_path / "docker-config")
+    initdb = tmp_path / "initdb"
+    initdb.mkdir()
+    (initdb / "10-table.sql").write_text(
+        "CREATE TABLE hello (x int); INSERT INTO hello VALUES (42);"
+    )
+    (initdb / "20-note.sh").write_text('echo "initdb.d sourced for $POSTGRES_USER"\n')
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "hello.conf.template").write_text(
+        'server { listen 8080; location / { return 200 "${GREETING} $request_method"; } }\n'
+    )
+    postgres, nginx = (f"berth-standin-{secrets.token_hex(4)}" for _ in range(2))
+    run = ["run", "--detach", "--network", "none", "--name"]
+    try:
+        docker(
+            *run,
+            postgres,
+            *("-e", "POSTGRES_USER=alice", "-e", "POSTGRES_PASSWORD=pw", "-e", "POSTGRES_DB=shop"),
+            *("-v", f"{initdb}:/docker-entrypoint-initdb.d:ro", "postgres:16-bookworm"),
+        )
+        docker(
+            *run,
+            nginx,
+            *("-e", "GREETING=hello", "-v", f"{templates}:/etc/nginx/templates:ro", "nginx:1.25"),
+        )
+        _wait_for(docker, postgres, "pg_isready", "-U", "alice", "-d", "shop")
+        # Made on the empty data directory: the user, the database, the initdb.d scripts.
+        query = ["psql", "-U", "alice", "-d", "shop", "-tAc", "SELECT x FROM hello"]
+        assert docker("exec", postgres, *query).stdout.strip() == "42"
+        logs = docker("logs", postgres)
+        assert "initdb.d sourced for alice" in logs.stdout + logs.stderr
+        # The template rendered with the environment; nginx's own $variables left alone.
+        page = _wait_for(docker, nginx, "curl", "-fsS", "http://127.0.0.1:8080/")
+        assert page == "hello GET"
+    finally:
+        with contextlib.suppress(ClientError):  # a container that never started
+            docker("rm", "--force", "--volumes", postgres, nginx)
 
 
 def test_three_services_come_up_healthy_from_the_stand_ins(

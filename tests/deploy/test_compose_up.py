@@ -1,12 +1,12 @@
 """`docker-compose up -d --build` of compose.yml for real, against a private Docker Engine
 (tests/e2e/dockerd.py), with the base images made by deploy/local-images.sh (no Docker Hub).
 
-One project for the module, named at random, published on 127.0.0.1 through a generated .env,
-the CA and certificate from deploy/gen-certs.sh mounted by an override file in this
-directory's temporary files, never in the checkout. The override also gives the build the
-host's network: the engine runs with --bridge=none, and the image build needs PyPI.
-The project is always taken down with its volumes; images stay (the engine is dropped at the
-end of the module, the local-images cache keeps the base images for the next run).
+One project for the module, named at random, published on 127.0.0.1 through a generated .env;
+an override file (in the test's temporary directory, never in the checkout) mounts the CA and
+certificate from deploy/gen-certs.sh and gives the build the host's network: the engine runs
+with --bridge=none, and the image build needs PyPI. The project is always taken down with its
+volumes; images stay for the engine's life (this module), and the local-images cache keeps
+the base images for the next run.
 
     .venv/bin/pytest -m compose tests/deploy
 """

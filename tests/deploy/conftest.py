@@ -4,7 +4,7 @@ a `berth serve` behind a real nginx or Apache started from the samples in deploy
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,3 +110,15 @@ def deployment(
     tmp_path: Path,
 ) -> Iterator[Deployment]:
     yield from start_deployment(request.param, request, certs, storage_root, v1_stub, tmp_path)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed compose test shows the tails of its services' logs."""
+    report = yield
+    project = getattr(item, "funcargs", {}).get("compose_project")
+    if project is not None and report.failed and report.when == "call":
+        report.sections.append(("docker-compose logs (tails)", project.logs()))
+    return report

@@ -223,3 +223,27 @@ def test_entrypoint_gives_up_when_the_database_never_comes(tmp_path: Path) -> No
     assert f"database postgresql://berth:***@127.0.0.1:{closed}/berth not reachable" in output
     assert "secret" not in output
     assert "Starting gunicorn" not in output
+
+
+def test_local_images_make_every_image_compose_pulls() -> None:
+    # deploy/local-images.sh stands in for exactly the images compose.yml (default profile)
+    # and the Dockerfile would pull; berth's own image is built, not pulled.
+    listed = subprocess.run(
+        [str(DEPLOY / "local-images.sh"), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split()
+    rendered = compose("config").stdout
+    section = re.search(r"^services:\n((?:  .*\n|\n)*)", rendered, re.M)
+    assert section, rendered
+    services = re.split(r"^  (?=\w[\w-]*:$)", section.group(1), flags=re.M)
+    pulled = {
+        match.group(1)
+        for block in services
+        if not re.search(r"^    (?:build|profiles):", block, re.M)
+        and (match := re.search(r"^    image: (\S+)$", block, re.M))
+    }
+    bases = set(re.findall(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), re.M))
+    assert sorted(listed) == sorted(pulled | bases)

@@ -12,10 +12,22 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, text, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from app.db import Database, locks
@@ -27,6 +39,7 @@ from app.db.models import (
     Repository,
     RepositoryBlob,
     Tag,
+    Timestamp,
     Upload,
     utcnow,
 )
@@ -716,12 +729,18 @@ _SUMMARY_SIZE = (
     .where(Manifest.repository_id == Repository.id)
     .scalar_subquery()
 )
-# A push ends by tagging (or, for a referrer, by its manifest): the latest of either.
-_SUMMARY_LAST_PUSH = func.coalesce(
-    select(func.max(Tag.updated_at)).where(Tag.repository_id == Repository.id).scalar_subquery(),
-    select(func.max(Manifest.created_at))
-    .where(Manifest.repository_id == Repository.id)
-    .scalar_subquery(),
+# A push ends by tagging (or, for a referrer, by its manifest): the latest of either. An
+# aggregate loses the column's type, so the Timestamp is given back (aware on SQLite too).
+_SUMMARY_LAST_PUSH = type_coerce(
+    func.coalesce(
+        select(func.max(Tag.updated_at))
+        .where(Tag.repository_id == Repository.id)
+        .scalar_subquery(),
+        select(func.max(Manifest.created_at))
+        .where(Manifest.repository_id == Repository.id)
+        .scalar_subquery(),
+    ),
+    Timestamp(),
 )
 _HAS_CONTENT = or_(
     exists().where(Manifest.repository_id == Repository.id),
@@ -835,7 +854,7 @@ def repository_summaries(session: Session, ids: Sequence[int]) -> list[Repositor
     if not ids:
         return []
     found = {
-        row.id: RepositorySummary(row.name, int(row.tags), int(row.size), _aware(row.last_push))
+        row.id: RepositorySummary(row.name, int(row.tags), int(row.size), row.last_push)
         for row in session.execute(_SUMMARIES, {"ids": list(ids)})
     }
     return [found[i] for i in ids if i in found]
@@ -843,17 +862,6 @@ def repository_summaries(session: Session, ids: Sequence[int]) -> list[Repositor
 
 def count_repositories(session: Session, search: str) -> int:
     return int(session.scalar(_COUNT_REPOSITORIES, {"pattern": _pattern(search)}) or 0)
-
-
-def _aware(moment: Any) -> datetime | None:
-    """Aggregates lose the column type on SQLite: a naive datetime or its text comes back."""
-    if moment is None:
-        return None
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)
-    if not isinstance(moment, datetime):
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 _TAG_NAMES = select(Tag.name).where(Tag.repository_id == bindparam("repo_id"))

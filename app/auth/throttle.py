@@ -15,6 +15,7 @@ another one.
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 from sqlalchemy import bindparam, delete, func, insert, or_, select
@@ -23,6 +24,12 @@ from app.db import Database
 from app.db.models import AuthFailure
 
 ADDRESS_FACTOR = 3
+# A client that logs in with every request (Basic credentials, cached by the Authenticator)
+# must not cost a database read each time: an "all clear" is believed this long. A failure
+# in this process forgets it at once; one in another worker is seen at most this late, and
+# only by that address's next first try.
+CLEAR_FOR = 1.0
+MAX_CLEAR = 10_000
 
 # Every Basic login asks this (one statement for both keys, compiled once: Database.rows).
 _COUNTS = (
@@ -66,9 +73,22 @@ class FailureLimiter:
         self.db = db
         self.limit = limit
         self.window_ms = int(window * 1000)
+        self._lock = threading.Lock()
+        self._clear: dict[tuple[str, str], float] = {}  # (address, user) -> clear until
 
     def retry_after(self, address: str, user: str) -> int | None:
         """Seconds before `user` may try again from `address`, or None if it may now."""
+        if self._clear.get((address, user), 0.0) > time.monotonic():
+            return None
+        wait = self._wait(address, user)
+        if wait is None:
+            with self._lock:
+                if len(self._clear) >= MAX_CLEAR:
+                    self._clear.clear()
+                self._clear[(address, user)] = time.monotonic() + CLEAR_FOR
+        return wait
+
+    def _wait(self, address: str, user: str) -> int | None:
         now = _now_ms()
         since = now - self.window_ms
         by_user, by_address = _keys(address, user)
@@ -88,6 +108,8 @@ class FailureLimiter:
         return wait
 
     def fail(self, address: str, user: str) -> None:
+        with self._lock:  # the address's count went up, for every name tried from it
+            self._clear = {key: until for key, until in self._clear.items() if key[0] != address}
         now = _now_ms()
         keys = _keys(address, user)
         with self.db.transaction(write=True) as session:

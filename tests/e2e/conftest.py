@@ -119,6 +119,21 @@ def _wait_ready(server: BerthServer, timeout: float) -> str | None:
 StartServer = Callable[..., BerthServer]
 
 
+def add_user(database_url: str, name: str, password: str, cost: int = 4) -> None:
+    """An account made the way an operator makes one: `berth user add`."""
+    env = {**os.environ, "BERTH_DATABASE_URL": database_url}
+    env.pop("BERTH_CONFIG", None)
+    subprocess.run(
+        [str(BERTH), "user", "add", name, "--password-stdin", "--cost", str(cost)],
+        input=password + "\n",
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.fixture
 def berth_server_factory(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

@@ -9,9 +9,7 @@ through the database by the server's two workers).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,7 @@ from tests.e2e.clients import (
     skopeo_copy,
     skopeo_inspect,
 )
-from tests.e2e.conftest import BERTH, BerthServer, StartServer
+from tests.e2e.conftest import BerthServer, StartServer, add_user
 from tests.e2e.ocilayout import OciImage, build_oci_layout, layout_differences, read_layout
 
 RULES = [
@@ -36,20 +34,6 @@ RULES = [
 ]
 DEPLOYER = ("docker-deployer", "deploy-Secret-1")
 READER = ("reader", "reader-Secret-2")
-
-
-def _add_user(database_url: str, name: str, password: str) -> None:
-    env = {**os.environ, "BERTH_DATABASE_URL": database_url}
-    env.pop("BERTH_CONFIG", None)
-    subprocess.run(
-        [str(BERTH), "user", "add", name, "--password-stdin", "--cost", "10"],
-        input=password + "\n",
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture(params=["basic", pytest.param("token", marks=pytest.mark.postgres)])
@@ -61,7 +45,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> BerthServer:
         else f"sqlite:///{tmp_path / 'auth.db'}"
     )
     for name, password in (DEPLOYER, READER):
-        _add_user(database_url, name, password)
+        add_user(database_url, name, password, cost=10)
     start: StartServer = request.getfixturevalue("berth_server_factory")
     env = {"BERTH_AUTH": mode, "BERTH_AUTH_RULES": json.dumps(RULES)}
     return start(database_url=database_url, env=env)
@@ -151,7 +135,7 @@ def test_anonymous_pull_with_skopeo(
 ) -> None:
     require_tool("skopeo")
     database_url = f"sqlite:///{tmp_path / 'anon.db'}"
-    _add_user(database_url, *DEPLOYER)
+    add_user(database_url, *DEPLOYER, cost=10)
     env = {
         "BERTH_AUTH": "basic",
         "BERTH_AUTH_ANONYMOUS_PULL": "true",

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 import requests
 
 from tests.e2e.clients import skopeo_copy
-from tests.e2e.conftest import BERTH, BerthServer, StartServer, skip_or_fail
+from tests.e2e.conftest import BerthServer, StartServer, add_user, skip_or_fail
 from tests.e2e.ocilayout import (
     ANNOTATION_REF_NAME,
     MEDIA_TYPE_OCI_INDEX,
@@ -85,20 +84,6 @@ def browser(tmp_path: Path) -> Iterator[object]:
         yield driver
     finally:
         driver.quit()
-
-
-def _add_user(database_url: str, name: str, password: str) -> None:
-    env = {**os.environ, "BERTH_DATABASE_URL": database_url}
-    env.pop("BERTH_CONFIG", None)
-    subprocess.run(
-        [str(BERTH), "user", "add", name, "--password-stdin", "--cost", "4"],
-        input=password + "\n",
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def _multi_arch_layout(path: Path, images: list[tuple[OciImage, str]]) -> None:
@@ -187,7 +172,7 @@ def registry(
     berth_server_factory: StartServer, tmp_path: Path
 ) -> tuple[BerthServer, dict[str, OciImage]]:
     database_url = f"sqlite:///{tmp_path / 'ui.db'}"
-    _add_user(database_url, *ADMIN)
+    add_user(database_url, *ADMIN)
     env = {
         "BERTH_AUTH": "basic",
         "BERTH_AUTH_RULES": json.dumps(RULES),

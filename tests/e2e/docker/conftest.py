@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from tests.conftest import skip_or_fail
 from tests.deploy.frontends import Proxy, V1Stub, gen_certs, start_nginx, world_readable_dir
-from tests.e2e.conftest import BERTH, BerthServer, StartServer
+from tests.e2e.conftest import BerthServer, StartServer, add_user
 from tests.e2e.dockerd import (
     BUSYBOX,
     DockerCLI,
@@ -102,20 +101,6 @@ def load_image(docker: DockerCLI, tmp_path: Path) -> LoadImage:
         return tag
 
     return load
-
-
-def add_user(database_url: str, name: str, password: str) -> None:
-    env = {**os.environ, "BERTH_DATABASE_URL": database_url}
-    env.pop("BERTH_CONFIG", None)
-    subprocess.run(
-        [str(BERTH), "user", "add", name, "--password-stdin", "--cost", "4"],
-        input=password + "\n",
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 AuthServer = Callable[..., BerthServer]

@@ -142,10 +142,15 @@ class Settings:
     # gunicorn (app/gunicorn_conf.py): gthread balanced across workers; `sync` or `gthread`
     # are there to measure against (docs/performance.md).
     worker_class: str = "app.gunicorn_worker.BalancedThreadWorker"
+    # Threads per worker that may be running a request at once. A thread waiting for the
+    # next bytes of a slow request body does not count (app/gunicorn_worker.py).
     threads: int = _number(8)
     # A request head (request line and headers) must arrive whole within this; until it
     # has, the connection waits in the poller, holding no thread (app/gunicorn_worker.py).
     request_head_timeout: int = _duration(30)
+    # A request body that sends nothing for this long is given up (nginx's
+    # client_body_timeout); a slow body that keeps sending is served however long it takes.
+    request_body_timeout: int = _duration(60)
     # Peers whose X-Forwarded-* headers are believed (gunicorn's forwarded_allow_ips, and
     # the failed-login limiter's idea of the client address); "*" trusts everyone.
     forwarded_allow_ips: str = "127.0.0.1,::1"
@@ -207,6 +212,7 @@ class Settings:
             "max_manifest_size",
             "threads",
             "request_head_timeout",
+            "request_body_timeout",
         )
         for name in positive:
             if getattr(self, name) <= 0:

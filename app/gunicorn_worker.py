@@ -1,75 +1,222 @@
-"""gunicorn's gthread worker, with one change: a worker stops accepting new connections while
-every one of its threads is busy.
+"""gunicorn's gthread worker, changed so that slow clients hold no thread that others need,
+and so that a burst of clients spreads over the workers.
 
-gthread workers all accept from the one listening socket, and a connection stays with the
-worker that accepted it for as long as it is kept alive. A burst of clients (a CI fleet,
-a proxy opening its upstream connections, wrk) can land on one worker: one core, its threads
-fighting over one GIL, the other workers idle. Measured with wrk on the tag page: ~2,700
-req/s when the 16 connections spread, ~800 when one worker took them all. Idle keep-alive
-connections do not count against the limit, so many quiet clients are still fine
-(worker_connections still caps the total).
+- A request head still trickling in waits in the poller, not in a thread; one still
+  incomplete after request_head_timeout is answered 408.
+- A thread whose request body has no bytes to read waits without counting as busy: the
+  pool has a thread for every connection (gunicorn's worker_connections, 1,000 by default),
+  but at most `threads` of them run requests that have their bytes. Uploads over bad links
+  (CI runners, people on trains) are normal traffic; 50 bodies trickling a byte a second
+  held every thread of a default server before. A body that sends nothing for
+  request_body_timeout is given up.
+- A worker stops accepting new connections while `threads` of its connections are busy.
+  gthread workers all accept from the one listening socket, and a connection stays with the
+  worker that accepted it for as long as it is kept alive. A burst of clients (a CI fleet,
+  a proxy opening its upstream connections, wrk) could land on one worker: one core, its
+  threads fighting over one GIL, the other workers idle. Measured with wrk on the tag page:
+  ~2,700 req/s when the 16 connections spread, ~800 when one worker took them all. Idle
+  keep-alive connections and slow bodies do not count against the limit (worker_connections
+  still caps the total).
 
-It reads gthread's own counters (nr_conns, keepalived_conns, pending_conns), which is why
-setup.cfg pins gunicorn to 27.x.
+It reads gthread's own counters (nr_conns, keepalived_conns, pending_conns) and its parser's
+unreader, which is why setup.cfg pins gunicorn to 27.x.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import select
+import selectors
 import socket
+import threading
 import time
+from concurrent import futures
 from typing import Any
 
-from gunicorn.workers.gthread import _DEFER, ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 
 class BalancedThreadWorker(ThreadWorker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.waiting = _Counter()  # threads waiting for the next bytes of a request body
+
     @property
     def worker_connections(self) -> int:
         # gthread accepts while nr_conns < worker_connections: that is, while fewer than
-        # `threads` connections are in a request (or about to be).
-        idle = len(self.keepalived_conns) + len(self.pending_conns)
+        # `threads` connections are in a request that is running (or about to be).
+        idle = len(self.keepalived_conns) + len(self.pending_conns) + self.waiting.value
         return min(self._max_connections, idle + int(self.cfg.threads))
 
     @worker_connections.setter
     def worker_connections(self, value: int) -> None:
         self._max_connections = value
 
-    def handle(self, conn: Any) -> Any:
-        """Hand a connection to gthread only once its request head has arrived whole.
+    def get_thread_pool(self) -> futures.ThreadPoolExecutor:
+        # A thread for every connection the worker may hold; they start as they are needed.
+        size = max(self._max_connections, int(self.cfg.threads))
+        return futures.ThreadPoolExecutor(max_workers=size, thread_name_prefix="berth")
 
-        gthread gives a thread to any connection with a byte to read, and the thread then
-        blocks while the rest of the head trickles in: 40 clients sending a byte a second
-        held all 40 threads of a default server. Here a head still arriving goes back to the
-        poller (no thread held), and one still incomplete after request_head_timeout is
-        answered 408."""
-        if self.cfg.is_ssl or conn.is_http2 or _read_ahead(conn):
-            return super().handle(conn)
+    # Request heads are watched by the main loop: gthread gives a thread to any connection
+    # with a byte to read, and the thread then blocks while the rest of the head trickles
+    # in (40 clients sending a byte a second held all 40 threads of a default server).
+    # Here a connection gets a thread once its head has arrived whole; one still incomplete
+    # after request_head_timeout is answered 408. Looking costs a peek, not a thread hop.
+
+    def accept(self, listener: Any) -> None:
+        if self.cfg.is_ssl:  # the TLS handshake happens in a thread, as gthread does it
+            super().accept(listener)
+            return
+        try:
+            client, address = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        self._await_head(TConn(self.cfg, client, address, listener.getsockname()))
+
+    def on_client_socket_readable(self, conn: Any, client: Any) -> None:
+        if self.cfg.is_ssl or conn.is_http2:
+            super().on_client_socket_readable(conn, client)
+            return
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._await_head(conn)
+
+    def on_pending_socket_readable(self, conn: Any, client: Any) -> None:
+        if self.cfg.is_ssl or conn.is_http2:
+            super().on_pending_socket_readable(conn, client)
+            return
+        answer = self._head_state(conn)
+        if answer is _WAIT:
+            return
+        self.poller.unregister(client)
+        self.pending_conns.remove(conn)
+        if answer is _READY:
+            conn.data_ready = True
+            self.enqueue_req(conn)
+        elif isinstance(answer, bytes):
+            _send(conn.sock, answer)
+            self.nr_conns -= 1
+            conn.close()
+
+    def _await_head(self, conn: Any) -> None:
+        """Into the poller until the head is there (at once if it already is)."""
+        if self._head_state(conn) is _READY:
+            conn.data_ready = True
+            self.enqueue_req(conn)
+            return
+        conn.sock.setblocking(False)
+        conn.timeout = time.monotonic() + self.cfg.keepalive  # gthread closes it then
+        self.pending_conns.append(conn)
+        self.poller.register(
+            conn.sock,
+            selectors.EVENT_READ,
+            functools.partial(self.on_pending_socket_readable, conn),
+        )
+
+    def _head_state(self, conn: Any) -> object:
+        """_READY, _WAIT, or the answer that ends the connection."""
+        if _read_ahead(conn):
+            return _READY
         head = _peek(conn.sock)
-        if head is None:  # nothing there yet: wait in the poller, not in a thread
-            conn.berth_head_since = getattr(conn, "berth_head_since", None) or time.monotonic()
-            return _DEFER
+        if head is None:
+            return _WAIT
         if not conn.initialized and head[:1] == _TLS_HANDSHAKE:
             # A TLS ClientHello on this plain-HTTP port (docker tries TLS first with every
             # registry it was not told is insecure): a request line would never come.
-            _send(conn.sock, _PLAIN_HTTP_ONLY)
-            return False
+            return _PLAIN_HTTP_ONLY
         if head and not _head_complete(head):
-            since = getattr(conn, "berth_head_since", None) or time.monotonic()
+            now = time.monotonic()
+            since = getattr(conn, "berth_head_since", None) or now
             conn.berth_head_since = since
-            if time.monotonic() - since > self.head_timeout:
-                _send(conn.sock, _HEAD_TIMEOUT)
-                return False
-            return _DEFER
+            return _HEAD_TIMEOUT if now - since > self.head_timeout else _WAIT
         conn.berth_head_since = None  # the next request on this connection starts afresh
+        return _READY  # a whole head, or the client closed: gthread sees to either
+
+    def handle(self, conn: Any) -> Any:
+        if self.cfg.is_ssl or conn.is_http2:
+            return super().handle(conn)
+        return self._handle_watched(conn)
+
+    def _handle_watched(self, conn: Any) -> Any:
+        """gthread's handling, with the parser reading through a _WatchedSocket."""
+        if not conn.initialized:
+            conn.sock.setblocking(True)
+            conn.init()
+        unreader = getattr(conn.parser, "unreader", None)
+        if unreader is not None and not isinstance(unreader.sock, _WatchedSocket):
+            unreader.sock = _WatchedSocket(unreader.sock, self)
         return super().handle(conn)
+
+    def wake(self) -> None:
+        """A thread started waiting: let the main loop see that it may accept again."""
+        if not self._accepting:
+            self.method_queue.defer(_nothing)
 
     @functools.cached_property
     def head_timeout(self) -> float:
-        reg = self.wsgi.extensions["berth"]
-        return float(reg.settings.request_head_timeout)
+        return float(self._settings.request_head_timeout)
+
+    @functools.cached_property
+    def body_timeout(self) -> float:
+        return float(self._settings.request_body_timeout)
+
+    @property
+    def _settings(self) -> Any:
+        return self.wsgi.extensions["berth"].settings
+
+
+def _nothing() -> None:
+    pass
+
+
+_READY, _WAIT = object(), object()
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self, delta: int) -> None:
+        with self._lock:
+            self.value += delta
+
+
+class BodyTimeout(TimeoutError):
+    """A request body sent nothing for request_body_timeout."""
+
+
+class _WatchedSocket:
+    """The socket as gunicorn's parser reads it. A read that would block waits for bytes
+    with the thread counted as waiting (not busy), and gives up after the body timeout."""
+
+    def __init__(self, sock: socket.socket, worker: BalancedThreadWorker) -> None:
+        self._sock = sock
+        self._worker = worker
+
+    def recv(self, size: int) -> bytes:
+        if not _readable(self._sock, 0):
+            worker = self._worker
+            wait = worker.body_timeout
+            bound = self._sock.gettimeout()  # gunicorn's drain of an unread body sets one
+            if bound is not None:
+                wait = min(wait, bound)
+            worker.waiting.add(1)
+            worker.wake()
+            try:
+                if not _readable(self._sock, wait):
+                    raise BodyTimeout(f"no request bytes for {wait:g} s")
+            finally:
+                worker.waiting.add(-1)
+        return self._sock.recv(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 _TLS_HANDSHAKE = b"\x16"  # the first byte of every TLS record that opens a connection
@@ -104,15 +251,24 @@ def _peek(sock: socket.socket) -> bytes | None:
     """What has arrived and not been read, without reading it; None when nothing has (b""
     when the client closed). Most heads fit the first look; a body behind one is not copied."""
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
+        if not _readable(sock, 0):
             return None
         data = sock.recv(4096, socket.MSG_PEEK)
         if len(data) == 4096 and not _head_complete(data):
             data = sock.recv(_PEEK, socket.MSG_PEEK)
         return data
+    except BlockingIOError:
+        return None
     except OSError:
         return b""
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether sock has bytes (or EOF) within timeout seconds. poll(), not select(): a
+    worker holding many connections has descriptors past select's limit of 1024."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(timeout * 1000))
 
 
 def _head_complete(data: bytes) -> bool:

@@ -308,6 +308,13 @@ def _write_chunk(
     except SizeInvalid:
         writer.cancel()
         raise
+    except TimeoutError as exc:  # the server's request_body_timeout: nothing came for long
+        writer.cancel()
+        raise BlobUploadInvalid(
+            {"upload": upload_id, "kept": size},
+            status=408,
+            message="the chunk stopped arriving; the upload keeps what came before it",
+        ) from exc
     except Exception as exc:
         # The client went away or sent a broken body: drop the partial chunk.
         writer.cancel()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from app.errors import PayloadTooLarge
+from app.errors import ManifestInvalid, PayloadTooLarge
 from app.mirror import pull
 from app.registry import manifests
 from app.views.base import Response, registry
@@ -38,7 +38,10 @@ def put_manifest(name: str, reference: str) -> Response:
     length = content_length(request)
     if length is not None and length > limit:
         raise PayloadTooLarge({"limit": limit}, message="manifest too large")
-    body = request.stream.read(limit + 1)
+    try:
+        body = request.stream.read(limit + 1)
+    except TimeoutError as exc:  # the server's request_body_timeout
+        raise ManifestInvalid(status=408, message="the manifest stopped arriving") from exc
     if len(body) > limit:
         raise PayloadTooLarge({"limit": limit}, message="manifest too large")
     content_type = request.headers.get("Content-Type")

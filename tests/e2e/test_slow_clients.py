@@ -4,6 +4,7 @@ and one that never ends is answered 408 (app/gunicorn_worker.py)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import select
 import socket
 import threading
@@ -72,3 +73,81 @@ def test_slow_heads_hold_no_thread(slow_server) -> None:  # type: ignore[no-unty
     assert max(timings) < 1.0, timings
     assert len(answers) == SLOW
     assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers[:3]
+
+
+def _open_upload(url: str) -> str:
+    answer = requests.post(f"{url}/v2/slow/body/blobs/uploads/", timeout=30)
+    assert answer.status_code == 202
+    return str(answer.headers["Location"])
+
+
+def _patch_head(path: str, length: int) -> bytes:
+    return (
+        f"PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+@pytest.fixture
+def body_server(berth_server_factory: StartServer):  # type: ignore[no-untyped-def]
+    return berth_server_factory(env={"BERTH_REQUEST_BODY_TIMEOUT": "3s"}, name="body")
+
+
+def test_slow_bodies_hold_no_thread_and_complete(body_server) -> None:  # type: ignore[no-untyped-def]
+    """More upload bodies trickling than the server has threads: other clients are served
+    meanwhile, and every slow upload still lands whole once its bytes are in."""
+    host, port = body_server.host.split(":")
+    content = b"slow but steady"
+    locations = [_open_upload(body_server.url) for _ in range(SLOW)]
+    sockets = []
+    for location in locations:
+        sock = socket.create_connection((host, int(port)), timeout=30)
+        sock.sendall(_patch_head(location, len(content)))
+        sockets.append(sock)
+    for i in range(4):  # the bodies trickle; each byte within the body timeout (3 s)
+        for sock in sockets:
+            sock.sendall(content[i : i + 1])
+        timings = []
+        for _ in range(5):
+            started = time.monotonic()
+            assert requests.get(f"{body_server.url}/v2/", timeout=10).status_code == 200
+            timings.append(time.monotonic() - started)
+        assert max(timings) < 1.0, timings
+        time.sleep(1)
+    for sock in sockets:
+        sock.sendall(content[4:])
+    digest = "sha256:" + hashlib.sha256(content).hexdigest()
+    for sock, location in zip(sockets, locations, strict=True):
+        with sock:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 202")
+        done = requests.put(f"{body_server.url}{location}?digest={digest}", timeout=30)
+        assert done.status_code == 201, done.text
+    blob = requests.get(f"{body_server.url}/v2/slow/body/blobs/{digest}", timeout=30)
+    assert blob.content == content
+
+
+def test_stalled_body_is_given_up(body_server) -> None:  # type: ignore[no-untyped-def]
+    """A body that stops sending is answered 408 after request_body_timeout; the upload
+    keeps what it had before that chunk, and the client can send the chunk again."""
+    host, port = body_server.host.split(":")
+    location = _open_upload(body_server.url)
+    first = requests.patch(f"{body_server.url}{location}", data=b"abc", timeout=30)
+    assert first.status_code == 202
+    location = first.headers["Location"]
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(_patch_head(location, 10) + b"def")
+        started = time.monotonic()
+        answer = sock.recv(4096)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"BLOB_UPLOAD_INVALID" in answer
+    assert 2.5 < waited < 15, waited
+    status = requests.get(f"{body_server.url}{location}", timeout=30)
+    assert status.status_code == 204
+    assert status.headers["Range"] == "0-2"
+    again = requests.patch(f"{body_server.url}{location}", data=b"def", timeout=30)
+    assert again.status_code == 202
+    digest = "sha256:" + hashlib.sha256(b"abcdef").hexdigest()
+    location = again.headers["Location"]
+    done = requests.put(f"{body_server.url}{location}?digest={digest}", timeout=30)
+    assert done.status_code == 201, done.text

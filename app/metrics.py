@@ -3,8 +3,8 @@ request and upload durations. Correct with several gunicorn workers (multiproces
 
 prometheus_client chooses where values live (process memory, or one mmap file per process
 under PROMETHEUS_MULTIPROC_DIR) when it is first imported. The gunicorn master prepares that
-directory (gunicorn_conf's on_starting) before any worker imports the library, so this
-module imports prometheus_client only inside functions, never at import time.
+directory when it reads gunicorn_conf, before it loads the app, so this module imports
+prometheus_client only inside functions, never at import time.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 _UPLOAD_BLUEPRINT = "uploads."
 _BYTES_IN = "berth.metrics.bytes_in"
 _STARTED = "berth.metrics.started"
+# Set on the requests gunicorn_conf sends through the app before forking: not traffic.
+WARM_UP = "berth.warm_up"
 
 
 # --- the gunicorn master: one directory per server, wiped at start -------------------------
@@ -179,6 +181,8 @@ def _route() -> str:
 
 
 def _record(response: Response) -> Response:
+    if request.environ.get(WARM_UP):
+        return response
     ins = instruments()
     route, method = _route(), request.method
     ins.requests.labels(route, method, str(response.status_code)).inc()

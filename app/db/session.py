@@ -94,6 +94,11 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._compiled: dict[Executable, _Compiled] = {}
 
+    def after_fork(self) -> None:
+        """In a forked process: forget the parent's pooled connections without closing them
+        (they are the parent's sockets); this process opens its own."""
+        self.engine.dispose(close=False)
+
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name

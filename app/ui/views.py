@@ -327,7 +327,10 @@ def delete_repository(name: str) -> Response:
 def gc_preview() -> Response:
     _viewer().require_admin()
     untagged = request.args.get("untagged") == "1"
-    report = browse.gc_preview(_registry(), untagged) if request.args.get("run") else None
+    reg = _registry()
+    report = (
+        browse.gc_preview(reg, untagged, reg.mirror.retention) if request.args.get("run") else None
+    )
     return _page("gc.html", report=report, untagged=untagged, grace=_registry().settings.gc_grace)
 
 

@@ -174,3 +174,29 @@ def _settings_of(app: Flask) -> dict[str, object]:
         "storage_root": settings.storage_root,
         "mirror_upstreams": list(settings.mirror_upstreams),
     }
+
+
+def test_status_shows_each_cached_repository_last_pull_and_expiry(
+    mirror: Flask, upstream: Upstream, settings: dict[str, object]
+) -> None:
+    client = mirror.test_client()
+    for name in ("team/app", "keep/base"):
+        upstream.registry.push_image(name, "v1")
+        pull_all(client, f"{PREFIX}/{name}", "v1")
+    env = {f"BERTH_{k.upper()}": json.dumps(v) for k, v in settings.items() if k != "storage_root"}
+    env.update(BERTH_DATABASE_URL=str(settings["database_url"]), BERTH_CONFIG="")
+    result = CliRunner().invoke(main, ["mirror", "status", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    (status,) = json.loads(result.output)
+    assert status["retention"] == RETENTION
+    listed = {r["name"]: r for r in status["repositories"]}
+    assert sorted(listed) == [f"{PREFIX}/keep/base", f"{PREFIX}/team/app"]
+    app = listed[f"{PREFIX}/team/app"]
+    pulled = datetime.fromisoformat(app["last_pull"])
+    assert pulled == last_pull(mirror, f"{PREFIX}/team/app")
+    assert (datetime.fromisoformat(app["expires"]) - pulled).total_seconds() == RETENTION
+    assert listed[f"{PREFIX}/keep/base"]["expires"] is None  # retention_rules: "off"
+    table = CliRunner().invoke(main, ["mirror", "status", "--repositories"], env=env)
+    assert table.exit_code == 0, table.output
+    assert f"\t{RETENTION:g}s\t" in table.output.splitlines()[1]
+    assert f"{PREFIX}/keep/base\t" in table.output and "\tnever" in table.output

@@ -328,10 +328,11 @@ def gc_preview() -> Response:
     _viewer().require_admin()
     untagged = request.args.get("untagged") == "1"
     reg = _registry()
-    report = (
-        browse.gc_preview(reg, untagged, reg.mirror.retention) if request.args.get("run") else None
+    expiry = reg.mirror.retention  # the pull-through cache's, when an upstream has one
+    report = browse.gc_preview(reg, untagged, expiry) if request.args.get("run") else None
+    return _page(
+        "gc.html", report=report, untagged=untagged, grace=reg.settings.gc_grace, retention=expiry
     )
-    return _page("gc.html", report=report, untagged=untagged, grace=_registry().settings.gc_grace)
 
 
 @bp.get("/webhooks")

@@ -102,6 +102,8 @@ def test_gc_removes_what_was_not_pulled_within_its_retention(
         f"would remove {PREFIX}/team/old: not pulled within its retention\nwould delete 0 manifests"
     )
     assert stored(mirror, old) == [True, True, True]
+    preview = client.get("/ui/gc?run=1").get_data(as_text=True)  # the UI's dry run agrees
+    assert '<td class="num" id="gc-expired">1</td>' in preview
 
     done = berth_gc(settings)
     assert f"removed {PREFIX}/team/old: not pulled within its retention" in done.stdout

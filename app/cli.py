@@ -228,15 +228,23 @@ def gc(
         raise click.ClickException(f"--grace: {exc}") from exc
     options = GcOptions(dry_run, delete_untagged, settings.gc_grace, batch_size, throttle)
     reg = _registry(settings)
+    expiry = reg.mirror.retention  # the pull-through cache's, when an upstream has one
     try:
-        report = collect(reg, options, lambda line: click.echo(line, err=True))
+        report = collect(reg, options, lambda line: click.echo(line, err=True), expiry)
     finally:
         reg.close()
     verb = "would delete" if dry_run else "deleted"
+    for name in report.expired:
+        click.echo(
+            f"{'would remove' if dry_run else 'removed'} {name}: not pulled within its retention"
+        )
+    retention = (
+        f"; {report.repositories} cached repositories past their retention" if expiry else ""
+    )
     click.echo(
         f"{verb} {report.manifests} manifests, {report.links} blob links, {report.blobs} blobs"
         f" and {report.orphans} orphaned blob files ({report.bytes_freed} bytes);"
-        f" {report.uploads} stale uploads"
+        f" {report.uploads} stale uploads{retention}"
     )
 
 

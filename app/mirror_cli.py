@@ -18,7 +18,8 @@ def mirror() -> None:
 
 @mirror.command("status")
 @click.option("--json", "as_json", is_flag=True, help="one JSON document instead of a table")
-def status(as_json: bool) -> None:
+@click.option("--repositories", is_flag=True, help="also each cached repository: last pull, expiry")
+def status(as_json: bool, repositories: bool) -> None:
     """List the upstreams: prefix, URL, health, cached repositories, blobs and bytes."""
     from app.migrate import upgrade
     from app.mirror.status import report
@@ -39,9 +40,16 @@ def status(as_json: bool) -> None:
     if not found:
         click.echo("no mirror_upstreams configured")
         return
-    click.echo("prefix\turl\tdefault\tttl\thealth\trepositories\tblobs\tbytes\tfetching")
+    click.echo("prefix\turl\tdefault\tttl\tretention\thealth\trepositories\tblobs\tbytes\tfetching")
     for s in found:
+        retention = "off" if s.retention is None else f"{s.retention:g}s"
         click.echo(
-            f"{s.prefix}/\t{s.url}\t{'yes' if s.default else 'no'}\t{s.ttl:g}s\t{s.health}"
-            f"\t{s.cached.repositories}\t{s.cached.blobs}\t{s.cached.bytes}\t{s.fetching}"
+            f"{s.prefix}/\t{s.url}\t{'yes' if s.default else 'no'}\t{s.ttl:g}s\t{retention}"
+            f"\t{s.health}\t{s.cached.repositories}\t{s.cached.blobs}\t{s.cached.bytes}"
+            f"\t{s.fetching}"
         )
+    if repositories:
+        click.echo("\nrepository\tlast pull\tremoved after")
+        for s in found:
+            for repo in s.repositories:
+                click.echo(f"{repo.name}\t{repo.last_pull}\t{repo.expires or 'never'}")

@@ -56,3 +56,36 @@ def test_upgrade_is_idempotent_and_downgrade_empties(empty_database: str) -> Non
     with engine.connect() as conn:
         assert set(inspect(conn).get_table_names()) <= {"alembic_version"}
     engine.dispose()
+
+
+def test_mirror_retention_backfills_the_cache_repositories_last_checks(
+    empty_database: str,
+) -> None:
+    """Repositories cached before 0009 get a last pull from their tags' last check; the
+    others (Berth's own among them) none, so retention never takes them."""
+    from alembic import command
+
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0008_ui_sessions")
+    engine = create_engine(engine_url(empty_database))
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO repository (id, name, created_at) VALUES"
+                " (1, 'docker.io/library/alpine', '2026-01-01 00:00:00+00'),"
+                " (2, 'team/own', '2026-01-01 00:00:00+00')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO mirror_tag (repository_id, name, digest, checked_at) VALUES"
+                " (1, '3', 'sha256:a', '2026-02-01 00:00:00+00'),"
+                " (1, 'edge', 'sha256:b', '2026-03-01 00:00:00+00')"
+            )
+        )
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT repository_id, pulled_at FROM mirror_repository"))
+        found = [(repo, str(at)[:10]) for repo, at in rows]
+    engine.dispose()
+    assert found == [(1, "2026-03-01")]

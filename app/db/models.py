@@ -266,6 +266,20 @@ class MirrorTag(Base):
     checked_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
 
 
+class MirrorRepository(Base):
+    """A repository the pull-through cache wrote, and when it was last pulled: what a
+    retention rule counts from. Written with the cache's own writes and otherwise at most
+    once per interval per repository and worker (app/mirror/pull.py), never on every pull.
+    Only repositories with a row here are ever removed by retention."""
+
+    __tablename__ = "mirror_repository"
+
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repository.id", ondelete="CASCADE"), primary_key=True
+    )
+    pulled_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+
+
 class UiSession(Base):
     """A web UI login (app/auth/sessions.py): the cookie carries a random id, the row only its
     sha256, so a leaked database gives no usable session."""

@@ -1,5 +1,6 @@
-"""The configured upstreams, each with its client, built once per process by the composition
-root; and the one rule for writes: a mirrored prefix takes no pushes."""
+"""The configured upstreams, each with its client and this worker's record of pulls, built
+once per process by the composition root; and the one rule for writes: a mirrored prefix
+takes no pushes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 
 from app.errors import Denied
 from app.mirror.client import UpstreamClient
+from app.mirror.retention import PullLog, Retention
 from app.mirror.upstreams import Route, Upstream, Upstreams
 
 
@@ -14,6 +16,14 @@ class Mirror:
     def __init__(self, upstreams: Sequence[Upstream] = ()) -> None:
         self.upstreams = Upstreams(tuple(upstreams))
         self._clients = {u.prefix: UpstreamClient(u) for u in self.upstreams.all}
+        self.pulls = PullLog()
+
+    @property
+    def retention(self) -> Retention | None:
+        """gc's view of the cache's retention; None when no upstream has any."""
+        if not any(u.retains for u in self.upstreams.all):
+            return None
+        return Retention(self.upstreams)
 
     def __bool__(self) -> bool:
         return bool(self.upstreams.all)

@@ -12,6 +12,10 @@ hit is the content services' own answer. A miss asks the upstream:
   is verified, so a corrupt upstream gives a truncated response, never a whole wrong blob,
   and nothing is stored. The others wait for the blob to be in place and read it from there.
   No transaction is open while bytes stream.
+
+Every pull of a cached repository keeps it from retention (app/mirror/retention.py): the
+writes above record it in passing, and a manifest answered from the cache records it when
+the last record has grown older than the recording interval.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import BinaryIO, cast
 
 import requests
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.db import locks
 from app.errors import (
@@ -39,7 +44,7 @@ from app.errors import (
 from app.mirror import queries, stats
 from app.mirror.client import UpstreamClient
 from app.mirror.context import Context
-from app.mirror.upstreams import Route
+from app.mirror.upstreams import Route, record_interval
 from app.notifications import events
 from app.registry import blobs, manifests, paths
 from app.registry import queries as content
@@ -132,7 +137,31 @@ def manifest(
                     where.repo, tag, prefix, exc.message,
                 )  # fmt: skip
                 warning = f'110 berth "stale: upstream {prefix} could not be asked; {exc.message}"'
-    return Served(manifests.get(reg, where.repo, reference, pulled_by, client_has), warning)
+    served = Served(manifests.get(reg, where.repo, reference, pulled_by, client_has), warning)
+    _record_pull(reg, where)
+    return served
+
+
+def _record_pull(reg: Context, where: Route) -> None:
+    """Keep the repository from retention: a read at most once per interval per worker, a
+    write only when the database's record is older than the interval."""
+    pulls = reg.mirror.pulls
+    interval = record_interval(where.upstream.retention_for(where.repo))
+    if not pulls.due(where.repo, interval):
+        return
+    now = _now()
+    try:
+        last = queries.last_pull(reg.db, where.repo)
+        if last is not None and (age := (now - last).total_seconds()) < interval:
+            pulls.noted(where.repo, max(age, 0.0))
+            return
+        with reg.db.transaction(write=True) as session:
+            recorded = queries.mark_pulled_by_name(session, where.repo, now)
+    except SQLAlchemyError as exc:  # bookkeeping (gc may be removing it): served all the same
+        log.warning("mirror: could not record a pull of %s: %s", where.repo, exc)
+        return
+    if recorded:
+        pulls.noted(where.repo)
 
 
 def _fresh(reg: Context, where: Route, tag: str, digest: str) -> bool:
@@ -157,6 +186,8 @@ def _revalidate(reg: Context, where: Route, tag: str, cached: StoredManifest | N
             with reg.db.transaction(write=True) as session:
                 repo_id = content.ensure_repository(session, where.repo)
                 queries.mark_checked(session, repo_id, tag, cached.digest, _now())
+                queries.mark_pulled(session, repo_id, _now())
+            reg.mirror.pulls.noted(where.repo)
             return
     stats.miss(prefix, "manifest")
     _fetch_manifest(reg, where, tag, None)
@@ -216,6 +247,8 @@ def _fetch_manifest(reg: Context, where: Route, reference: str, wanted: Digest |
         content.store_manifest(session, repo_id, new, [tag] if tag is not None else [])
         if tag is not None:
             queries.mark_checked(session, repo_id, tag, str(digest), _now())
+        queries.mark_pulled(session, repo_id, _now())
+    reg.mirror.pulls.noted(where.repo)
     stats.fetched(prefix, len(payload))
 
 
@@ -263,7 +296,9 @@ def _link(reg: ContentContext, repo: str, digest: Digest) -> int | None:
         size = queries.blob_size(session, str(digest))
         if size is None or not reg.driver.exists(paths.blob_data(digest)):
             return None
-        content.link_blob(session, content.ensure_repository(session, repo), str(digest), size)
+        repo_id = content.ensure_repository(session, repo)
+        content.link_blob(session, repo_id, str(digest), size)
+        queries.mark_pulled(session, repo_id, _now())
     return size
 
 
@@ -464,6 +499,7 @@ class _Tee:
         with reg.db.transaction(write=True) as session:
             repo_id = content.ensure_repository(session, fetch.where.repo)
             content.link_blob(session, repo_id, str(fetch.digest), self.received)
+            queries.mark_pulled(session, repo_id, _now())
             if not reg.driver.exists(target):  # under link_blob's digest lock
                 if self.received:
                     reg.driver.move(temp, target)

@@ -1,10 +1,13 @@
 """The pull-through cache's SQL: the single-flight rows of blob fetches, the tags' last check
-against their upstream, and what the cache holds. Typed results, never raw rows."""
+against their upstream, the repositories' last pull, and what the cache holds. Typed
+results, never raw rows."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -16,6 +19,7 @@ from app.db.models import (
     Manifest,
     ManifestReference,
     MirrorFetch,
+    MirrorRepository,
     MirrorTag,
     Repository,
     RepositoryBlob,
@@ -126,16 +130,19 @@ _CHECKED = (
 )
 
 
+def _moment(raw: Any) -> datetime:
+    if isinstance(raw, str):  # SQLite through the raw driver: ISO text, no zone
+        raw = datetime.fromisoformat(raw)
+    assert isinstance(raw, datetime)
+    return raw if raw.tzinfo is not None else raw.replace(tzinfo=UTC)
+
+
 def checked_tag(db: Database, repo: str, tag: str) -> CheckedTag | None:
     found = db.rows(_CHECKED, {"repo": repo, "tag": tag})
     if not found:
         return None
     digest, checked_at = found[0]
-    if isinstance(checked_at, str):  # SQLite through the raw driver: ISO text, no zone
-        checked_at = datetime.fromisoformat(checked_at)
-    if checked_at.tzinfo is None:
-        checked_at = checked_at.replace(tzinfo=UTC)
-    return CheckedTag(digest, checked_at)
+    return CheckedTag(digest, _moment(checked_at))
 
 
 def mark_checked(session: Session, repo_id: int, tag: str, digest: str, at: datetime) -> None:
@@ -146,6 +153,66 @@ def mark_checked(session: Session, repo_id: int, tag: str, digest: str, at: date
         ["repository_id", "name"],
         ["digest", "checked_at"],
     )
+
+
+# --- repositories: when they were last pulled (retention counts from there) ----------------
+
+_PULLED = (
+    select(MirrorRepository.pulled_at)
+    .join(Repository, Repository.id == MirrorRepository.repository_id)
+    .where(Repository.name == bindparam("repo"))
+)
+
+
+def last_pull(db: Database, repo: str) -> datetime | None:
+    """A read on the pull path: most pulls find a recent enough record and write nothing."""
+    found = db.rows(_PULLED, {"repo": repo})
+    return _moment(found[0][0]) if found else None
+
+
+def mark_pulled(session: Session, repo_id: int, at: datetime) -> None:
+    upsert(
+        session,
+        MirrorRepository,
+        {"repository_id": repo_id, "pulled_at": at},
+        ["repository_id"],
+        ["pulled_at"],
+    )
+
+
+def mark_pulled_by_name(session: Session, repo: str, at: datetime) -> bool:
+    """Record a pull of `repo`; False when the repository is gone (gc removed it)."""
+    repo_id = session.scalar(select(Repository.id).where(Repository.name == repo))
+    if repo_id is None:
+        return False
+    mark_pulled(session, repo_id, at)
+    return True
+
+
+@dataclass(frozen=True)
+class CachedRepository:
+    name: str
+    pulled_at: datetime
+
+
+def _under(prefix: str) -> Any:
+    return Repository.name.like(prefix.replace("_", r"\_") + "/%", escape="\\")
+
+
+def cached_repositories(
+    session: Session, prefix: str, names: Collection[str] | None = None
+) -> list[CachedRepository]:
+    """The cache's repositories under `prefix/` (those it wrote), by name, with their last
+    pull; only those among `names` when given."""
+    query = (
+        select(Repository.name, MirrorRepository.pulled_at)
+        .join(MirrorRepository, MirrorRepository.repository_id == Repository.id)
+        .where(_under(prefix))
+        .order_by(Repository.name)
+    )
+    if names is not None:
+        query = query.where(Repository.name.in_(list(names)))
+    return [CachedRepository(name, pulled_at) for name, pulled_at in session.execute(query)]
 
 
 # --- what the cache holds --------------------------------------------------------------------
@@ -160,7 +227,7 @@ class CacheSize:
 
 def cache_size(session: Session, prefix: str) -> CacheSize:
     """Repositories under `prefix/` and the distinct blobs linked into them."""
-    under = Repository.name.like(prefix.replace("_", r"\_") + "/%", escape="\\")
+    under = _under(prefix)
     repositories = session.scalar(select(func.count()).select_from(Repository).where(under))
     blobs = (
         select(Blob.id, Blob.size)

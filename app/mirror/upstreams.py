@@ -1,5 +1,6 @@
 """The `mirror_upstreams` setting, parsed once: each upstream's prefix, URL, credentials, TLS
-settings, timeouts and tag TTL, and how a request's repository name finds its upstream.
+settings, timeouts, tag TTL and retention, and how a request's repository name finds its
+upstream.
 
 Pure: no I/O. A bad entry raises ConfigError naming it down to the key
 (`mirror_upstreams[1].ttl`), as every structured setting does.
@@ -7,6 +8,7 @@ Pure: no I/O. A bad entry raises ConfigError naming it down to the key
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,9 @@ from app.registry.references import NAME_MAX_LENGTH, is_valid_name
 DEFAULT_TTL = 300.0  # seconds a cached tag is served before it is checked upstream again
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 30.0
+# A pull is recorded at most this often per repository and worker; a tenth of a shorter
+# retention, so that "unpulled for the retention" stays true to within a tenth.
+PULL_RECORD_INTERVAL = 3600.0
 _KEYS = {
     "prefix",
     "url",
@@ -29,7 +34,27 @@ _KEYS = {
     "connect_timeout",
     "read_timeout",
     "default",
+    "retention",
+    "retention_rules",
 }
+_RULE_KEYS = {"repository", "retention"}
+
+
+def record_interval(retention: float | None) -> float:
+    """Seconds between two recordings of a repository's last pull."""
+    return PULL_RECORD_INTERVAL if retention is None else min(PULL_RECORD_INTERVAL, retention / 10)
+
+
+@dataclass(frozen=True)
+class RetentionRule:
+    """Cached repositories matching `pattern` (Berth's names, an fnmatch glob whose `*` also
+    crosses `/`) are removed after `retention` seconds unpulled; None keeps them."""
+
+    pattern: str
+    retention: float | None
+
+    def matches(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, self.pattern)
 
 
 @dataclass(frozen=True)
@@ -44,6 +69,18 @@ class Upstream:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
     default: bool = False  # unprefixed names that are not Berth's own come from here
+    retention: float | None = None  # seconds unpulled before gc removes a cached repository
+    retention_rules: tuple[RetentionRule, ...] = ()  # per repository; the first match wins
+
+    def retention_for(self, name: str) -> float | None:
+        """How long cached repository `name` may stay unpulled; None: for ever."""
+        rule = next((r for r in self.retention_rules if r.matches(name)), None)
+        return rule.retention if rule is not None else self.retention
+
+    @property
+    def retains(self) -> bool:
+        """Whether any of its cached repositories can expire."""
+        return self.retention is not None or any(r.retention for r in self.retention_rules)
 
     def __repr__(self) -> str:  # never the password, not even in a traceback
         return f"Upstream(prefix={self.prefix!r}, url={self.url!r})"
@@ -81,6 +118,37 @@ def _seconds(entry: dict[str, Any], key: str, where: str, default: float) -> flo
     return parse_duration(entry[key], f"{where}.{key}")
 
 
+def _retention(raw: Any, where: str) -> float | None:
+    if raw == "off":
+        return None
+    seconds = parse_duration(raw, where)
+    if seconds <= 0:
+        raise ConfigError(f'{where}: must be positive, or "off"')
+    return seconds
+
+
+def _retention_rules(raw: Any, where: str) -> tuple[RetentionRule, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected a list of tables, got {raw!r}")
+    rules = []
+    for i, rule in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(rule, dict):
+            raise ConfigError(f"{at}: expected a table, got {rule!r}")
+        unknown = sorted(set(rule) - _RULE_KEYS)
+        if unknown:
+            raise ConfigError(f"{at}.{unknown[0]}: unknown key (known: repository, retention)")
+        pattern = rule.get("repository")
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise ConfigError(f'{at}.repository: must be a glob such as "docker.io/library/*"')
+        if "retention" not in rule:
+            raise ConfigError(f'{at}.retention: must be set (a duration, or "off")')
+        rules.append(
+            RetentionRule(pattern.strip(), _retention(rule["retention"], f"{at}.retention"))
+        )
+    return tuple(rules)
+
+
 def parse_upstream(entry: Any, where: str) -> Upstream:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected a table, got {entry!r}")
@@ -113,6 +181,12 @@ def parse_upstream(entry: Any, where: str) -> Upstream:
         connect_timeout=_seconds(entry, "connect_timeout", where, DEFAULT_CONNECT_TIMEOUT),
         read_timeout=_seconds(entry, "read_timeout", where, DEFAULT_READ_TIMEOUT),
         default=_bool(entry, "default", where),
+        retention=_retention(entry["retention"], f"{where}.retention")
+        if "retention" in entry
+        else None,
+        retention_rules=_retention_rules(
+            entry.get("retention_rules", []), f"{where}.retention_rules"
+        ),
     )
     for key in ("connect_timeout", "read_timeout"):
         if getattr(upstream, key) <= 0:

@@ -512,9 +512,9 @@ def delete_tags(
     return DeletedTags(deleted, missing)
 
 
-def gc_preview(reg: Context, delete_untagged: bool) -> gc.GcReport:
+def gc_preview(reg: Context, delete_untagged: bool, expiry: gc.Expiry | None = None) -> gc.GcReport:
     """What `berth gc --dry-run` would free now, with the configured grace period."""
     options = gc.GcOptions(
         dry_run=True, delete_untagged=delete_untagged, grace=reg.settings.gc_grace
     )
-    return gc.collect(reg, options)
+    return gc.collect(reg, options, expiry=expiry)

@@ -1,5 +1,10 @@
 """Online garbage collection: mark from the tags, sweep what nothing keeps, while pushes go on.
 
+First, whole repositories a retention rule gives up (an `Expiry`: the pull-through cache's
+repositories nobody pulled for longer than their retention) lose their tags, manifests and
+links, each in its own transaction that asks the rule again; their blobs are then garbage
+like any other, for the steps below.
+
 Mark (one read of the metadata, no payloads): the roots are the tagged manifests and every
 manifest younger than the grace period; from a kept manifest, its child manifests (an index's
 `manifests`) and its referrers (manifests whose `subject` it is) are kept, and the blobs it
@@ -20,19 +25,21 @@ leaves at worst files without rows, which the next run's step 4 removes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.db import locks
 from app.errors import DigestInvalid
+from app.notifications import events
 from app.registry import paths, queries, uploads
 from app.registry.context import Context
 from app.registry.queries import ManifestGraph
@@ -56,9 +63,21 @@ class GcOptions:
     throttle: float = 0.0
 
 
+class Expiry(Protocol):
+    """Repositories that go whole, whatever their tags say (the cache's retention)."""
+
+    def expired(
+        self, session: Session, now: datetime, names: Collection[str] | None = None
+    ) -> list[str]:
+        """Names of the expired repositories (only among `names`, when given)."""
+        ...
+
+
 @dataclass
 class GcReport:
     dry_run: bool = False
+    repositories: int = 0  # removed whole by retention (or that would be)
+    expired: list[str] = field(default_factory=list)
     manifests_total: int = 0
     manifests_kept: int = 0
     manifests: int = 0  # deleted, or that would be with dry_run
@@ -214,14 +233,62 @@ def free_blobs(
     return count, freed
 
 
-def collect(reg: Context, options: GcOptions, progress: Progress | None = None) -> GcReport:
+def _expire(
+    reg: Context, expiry: Expiry, options: GcOptions, report: GcReport, ticker: _Ticker
+) -> None:
+    now = datetime.now(UTC)
+    with reg.db.transaction() as session:
+        names = expiry.expired(session, now)
+    if options.dry_run:
+        report.expired = names
+        report.repositories = len(names)
+        return
+    for done, name in enumerate(names):
+
+        def remove(name: str = name) -> queries.RemovedRepository | None:
+            with reg.db.transaction(write=True) as session:
+                # Asked again under the repository's lock: a pull since the mark keeps it.
+                if not queries.lock_repository(session, name):
+                    return None
+                if not expiry.expired(session, datetime.now(UTC), [name]):
+                    return None
+                removed = queries.remove_repository(session, name)
+                if removed is not None:
+                    reg.outbox.record(session, [events.repository_deleted(name)])
+                return removed
+
+        removed = retrying(remove)
+        if removed is not None:
+            report.expired.append(name)
+            report.repositories += 1
+            log.info("gc: %s removed: not pulled within its retention", name)
+            for upload_id in removed.upload_ids:
+                with contextlib.suppress(PathNotFound):
+                    reg.driver.delete(paths.upload_dir(upload_id))
+        ticker.tick("retention", done + 1, len(names))
+        if options.throttle:
+            time.sleep(options.throttle)
+
+
+def collect(
+    reg: Context,
+    options: GcOptions,
+    progress: Progress | None = None,
+    expiry: Expiry | None = None,
+) -> GcReport:
     """One garbage collection run. Safe to run while the registry serves pushes and pulls,
-    and to run again after it was killed."""
+    and to run again after it was killed. `expiry` names repositories to remove first."""
     started = time.monotonic()
     ticker = _Ticker(progress)
     report = GcReport(dry_run=options.dry_run)
     verb = "would delete" if options.dry_run else "deleted"
     cutoff = datetime.now(UTC) - timedelta(seconds=max(options.grace, 0))
+
+    # 0. Repositories past their retention.
+    if expiry is not None:
+        _expire(reg, expiry, options, report, ticker)
+        gone = "would remove" if options.dry_run else "removed"
+        ticker.line(f"retention: {gone} {report.repositories} repositories not pulled in time")
 
     with reg.db.transaction() as session:
         graph = queries.manifest_graph(session, cutoff)

@@ -515,6 +515,13 @@ class RemovedRepository:
     upload_ids: list[str]
 
 
+def lock_repository(session: Session, name: str) -> bool:
+    """Hold repository `name` against writes into it until the transaction ends (as
+    remove_repository does); False: no such repository."""
+    found = session.scalar(select(Repository.id).where(Repository.name == name).with_for_update())
+    return found is not None
+
+
 def remove_repository(session: Session, name: str) -> RemovedRepository | None:
     """Every row of repository `name`, gone in the caller's transaction; the blob rows stay
     (the caller frees those no other repository uses). None: no such repository."""

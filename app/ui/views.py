@@ -327,8 +327,12 @@ def delete_repository(name: str) -> Response:
 def gc_preview() -> Response:
     _viewer().require_admin()
     untagged = request.args.get("untagged") == "1"
-    report = browse.gc_preview(_registry(), untagged) if request.args.get("run") else None
-    return _page("gc.html", report=report, untagged=untagged, grace=_registry().settings.gc_grace)
+    reg = _registry()
+    expiry = reg.mirror.retention  # the pull-through cache's, when an upstream has one
+    report = browse.gc_preview(reg, untagged, expiry) if request.args.get("run") else None
+    return _page(
+        "gc.html", report=report, untagged=untagged, grace=reg.settings.gc_grace, retention=expiry
+    )
 
 
 @bp.get("/webhooks")

@@ -372,13 +372,13 @@ class Podman:
     def _tls_args(self) -> list[str]:
         return ["--tls-verify=false", "--signature-policy", str(self.sandbox.policy)]
 
-    def pull(self, ref: str, *, creds: Creds | None = None) -> str:
+    def pull(self, ref: str, *, creds: Creds | None = None, extra_args: Sequence[str] = ()) -> str:
         """Pull (any transport: oci:DIR:TAG, docker://..., host/repo:tag); returns image ID.
 
         Note: an oci:DIR:TAG pull is named "localhost/DIR:latest" (podman 4.3 drops TAG);
         use the returned ID (= config digest hex) rather than that name.
         """
-        args = ["pull", *self._tls_args()]
+        args = ["pull", *self._tls_args(), *extra_args]
         if creds:
             args += ["--creds", _creds_arg(creds)]
         out = self.run(*args, ref).stdout.split()

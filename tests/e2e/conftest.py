@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +23,8 @@ from typing import NoReturn
 
 import pytest
 import requests
+
+from tests.e2e.reference import Reference, free_port
 
 STRICT = os.environ.get("BERTH_TEST_STRICT") == "1"
 PG_ADMIN_URL = os.environ.get(
@@ -263,3 +266,16 @@ def pytest_runtest_makereport(
                 (f"berth server {server.host} log ({server.log_path})", server.log_tail())
             )
     return report
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> Iterator[Reference]:
+    """Debian's docker-registry with htpasswd auth (USER, PASSWORD), stopped at teardown."""
+    if shutil.which("docker-registry") is None:
+        skip_or_fail("docker-registry not installed (apt-get install -y docker-registry)")
+    if shutil.which("skopeo") is None:
+        skip_or_fail("skopeo not installed (apt-get install -y skopeo)")  # pushes to it
+    server = Reference(tmp_path / "reference", free_port())
+    server.workdir.mkdir()
+    yield server.start()
+    server.stop()

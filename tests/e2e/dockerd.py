@@ -207,8 +207,12 @@ def is_static(executable: Path) -> bool:
     return all(struct.unpack_from("<I", table, n * phentsize)[0] != 3 for n in range(phnum))
 
 
-def start_engine(cgroup_parent: str) -> DockerEngine:
-    """Start containerd, then dockerd, in a private mount namespace; raise with their logs."""
+def start_engine(
+    cgroup_parent: str, daemon_config: Mapping[str, object] | None = None
+) -> DockerEngine:
+    """Start containerd, then dockerd, in a private mount namespace; raise with their logs.
+
+    `daemon_config`: more daemon.json keys (`registry-mirrors`, `insecure-registries`...)."""
     base = Path(tempfile.mkdtemp(prefix="berth-docker-"))  # short: unix socket paths < 108
     etc_docker = base / "etc-docker"
     (etc_docker / "certs.d").mkdir(parents=True)
@@ -234,7 +238,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     )
     # dockerd only consults /etc/docker/daemon.json without --config-file; this one is ours.
     daemon_json = base / "daemon.json"
-    daemon_json.write_text(json.dumps({"log-level": "info", "debug": False}))
+    daemon_json.write_text(
+        json.dumps({"log-level": "info", "debug": False, **(daemon_config or {})})
+    )
     with (base / "containerd.log").open("wb") as log:
         containerd = subprocess.Popen(
             [
@@ -489,8 +495,10 @@ def docker_archive(
 
 
 @contextlib.contextmanager
-def running_engine(cgroup_parent: str) -> Iterator[DockerEngine]:
-    engine = start_engine(cgroup_parent)
+def running_engine(
+    cgroup_parent: str, daemon_config: Mapping[str, object] | None = None
+) -> Iterator[DockerEngine]:
+    engine = start_engine(cgroup_parent, daemon_config)
     try:
         yield engine
     finally:

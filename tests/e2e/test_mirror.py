@@ -6,110 +6,27 @@ was pushed upstream. Upstream GETs are counted in the reference registry's own a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import random
-import re
 import shutil
-import signal
-import socket
 import subprocess
+import tempfile
 import threading
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import bcrypt
 import pytest
 import requests
 
-from tests.e2e.clients import ClientError, require_tool, skopeo_copy
-from tests.e2e.conftest import BERTH, BerthServer, StartServer, skip_or_fail
-from tests.e2e.ocilayout import build_oci_layout, layout_differences, read_layout
+from tests.e2e.clients import ClientError, Podman, require_tool, skopeo_copy
+from tests.e2e.conftest import BERTH, BerthServer, StartServer
+from tests.e2e.ocilayout import OciImage, build_oci_layout, layout_differences, read_layout
+from tests.e2e.reference import PASSWORD, USER, Reference
 
-USER, PASSWORD = "mirror", "s3cret-pw"
 PREFIX = "ref.test"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Reference:
-    """Debian's docker-registry on a free port, htpasswd auth, its access log in `log`."""
-
-    workdir: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / "registry.log"
-
-    def start(self) -> Reference:
-        htpasswd = self.workdir / "htpasswd"
-        hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=5)).decode()
-        htpasswd.write_text(f"{USER}:{hashed}\n")
-        config = self.workdir / "config.yml"
-        config.write_text(
-            "version: 0.1\nlog:\n  level: info\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {self.workdir / 'data'}\n"
-            f"http:\n  addr: {self.host}\n"
-            f"auth:\n  htpasswd:\n    realm: upstream\n    path: {htpasswd}\n"
-        )
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/v2/", timeout=2).status_code == 401:
-                    return self
-            time.sleep(0.1)
-        raise RuntimeError(f"docker-registry did not start: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.process = None
-
-    def blob_gets(self, digest: str) -> int:
-        """GETs of this blob the registry answered, from its access log."""
-        pattern = re.compile(rf'"GET /v2/[^ ]+/blobs/{re.escape(digest)} HTTP/1\.1" 200')
-        return len(pattern.findall(self.log.read_text(errors="replace")))
-
-
-@pytest.fixture
-def reference(tmp_path: Path) -> Iterator[Reference]:
-    if shutil.which("docker-registry") is None:
-        skip_or_fail("docker-registry not installed (apt-get install -y docker-registry)")
-    require_tool("skopeo")
-    server = Reference(tmp_path / "reference", _free_port())
-    server.workdir.mkdir()
-    yield server.start()
-    server.stop()
 
 
 def _mirror_env(*entries: dict[str, object]) -> dict[str, str]:
@@ -128,21 +45,8 @@ def _pull(berth: BerthServer, name: str, dest: Path, *extra: str) -> None:
     skopeo_copy(f"docker://{berth.host}/{name}", f"oci:{dest}", extra_args=extra)
 
 
-def test_pull_by_tag_digest_and_index_byte_for_byte(
-    reference: Reference, berth_server_factory: StartServer, tmp_path: Path
-) -> None:
-    image = build_oci_layout(tmp_path / "src", tag="v1", layers=2, seed=16)
-    _push(image.ref, f"docker://{reference.host}/team/app:v1")
-    berth = berth_server_factory(env=_mirror_env(_entry(reference.url)))
-
-    _pull(berth, f"{PREFIX}/team/app:v1", tmp_path / "by-tag", "--preserve-digests")
-    assert layout_differences(image, read_layout(tmp_path / "by-tag")) == []
-    _pull(berth, f"{PREFIX}/team/app@{image.manifest_digest}", tmp_path / "by-digest")
-    assert layout_differences(image, read_layout(tmp_path / "by-digest")) == []
-    # Each blob came from the upstream once: the second pull was the cache's.
-    assert all(reference.blob_gets(d) == 1 for d in image.blob_digests())
-
-    # A multi-arch index: two images, then an index naming both, pushed by hand.
+def _push_index(reference: Reference, tmp_path: Path) -> tuple[OciImage, OciImage, bytes]:
+    """A multi-arch index upstream: two images, then an index naming both, pushed by hand."""
     amd = build_oci_layout(tmp_path / "amd", tag="amd", layers=1, seed=1)
     arm = build_oci_layout(tmp_path / "arm", tag="arm", layers=1, seed=2)
     for child in (amd, arm):
@@ -170,6 +74,24 @@ def test_pull_by_tag_digest_and_index_byte_for_byte(
         timeout=30,
     )
     assert put.status_code == 201, put.text
+    return amd, arm, index
+
+
+def test_pull_by_tag_digest_and_index_byte_for_byte(
+    reference: Reference, berth_server_factory: StartServer, tmp_path: Path
+) -> None:
+    image = build_oci_layout(tmp_path / "src", tag="v1", layers=2, seed=16)
+    _push(image.ref, f"docker://{reference.host}/team/app:v1")
+    berth = berth_server_factory(env=_mirror_env(_entry(reference.url)))
+
+    _pull(berth, f"{PREFIX}/team/app:v1", tmp_path / "by-tag", "--preserve-digests")
+    assert layout_differences(image, read_layout(tmp_path / "by-tag")) == []
+    _pull(berth, f"{PREFIX}/team/app@{image.manifest_digest}", tmp_path / "by-digest")
+    assert layout_differences(image, read_layout(tmp_path / "by-digest")) == []
+    # Each blob came from the upstream once: the second pull was the cache's.
+    assert all(reference.blob_gets(d) == 1 for d in image.blob_digests())
+
+    amd, arm, index = _push_index(reference, tmp_path)
     _pull(berth, f"{PREFIX}/team/multi:latest", tmp_path / "all", "--all", "--preserve-digests")
     copied = json.loads((tmp_path / "all" / "index.json").read_text())["manifests"][0]
     assert copied["digest"] == "sha256:" + hashlib.sha256(index).hexdigest()
@@ -177,6 +99,43 @@ def test_pull_by_tag_digest_and_index_byte_for_byte(
         for digest in child.all_digests():
             got = tmp_path / "all" / "blobs" / "sha256" / digest.split(":")[1]
             assert got.read_bytes() == child.read_blob(digest), digest
+
+
+def test_podman_pulls_by_tag_digest_and_from_an_index(
+    reference: Reference, berth_server_factory: StartServer, tmp_path: Path
+) -> None:
+    require_tool("podman")
+    image = build_oci_layout(tmp_path / "src", tag="v1", layers=2, seed=17)
+    _push(image.ref, f"docker://{reference.host}/team/app:v1")
+    amd, arm, index = _push_index(reference, tmp_path)
+    berth = berth_server_factory(env=_mirror_env(_entry(reference.url)))
+    # Not under tmp_path: podman refuses a runroot longer than 50 characters.
+    workdir = Path(tempfile.mkdtemp(prefix="berth-mirror-"))
+    try:
+        podman = Podman(workdir, insecure_registries=[berth.host])
+        by_tag = podman.pull(f"docker://{berth.host}/{PREFIX}/team/app:v1")
+        assert by_tag == image.config_digest.removeprefix("sha256:")
+        assert podman.image_digest(by_tag) == image.manifest_digest
+        assert podman.inspect(by_tag)["RootFS"]["Layers"] == image.diff_ids
+        podman.rmi(by_tag)
+        by_digest = podman.pull(f"docker://{berth.host}/{PREFIX}/team/app@{image.manifest_digest}")
+        assert by_digest == by_tag
+        # Each blob came from the upstream once: the second pull was the cache's.
+        assert all(reference.blob_gets(d) == 1 for d in image.blob_digests())
+
+        # The index by tag, then by digest: podman picks the child for the asked platform.
+        multi = f"docker://{berth.host}/{PREFIX}/team/multi"
+        for child, arch in ((amd, "amd64"), (arm, "arm64")):
+            pulled = podman.pull(f"{multi}:latest", extra_args=["--arch", arch])
+            assert pulled == child.config_digest.removeprefix("sha256:")
+            assert podman.inspect(pulled)["RootFS"]["Layers"] == child.diff_ids
+            podman.rmi(pulled)
+        index_digest = "sha256:" + hashlib.sha256(index).hexdigest()
+        pulled = podman.pull(f"{multi}@{index_digest}", extra_args=["--arch", "arm64"])
+        assert pulled == arm.config_digest.removeprefix("sha256:")
+        assert all(reference.blob_gets(d) == 1 for d in [*amd.blob_digests(), *arm.blob_digests()])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_push_into_the_mirror_is_denied_and_default_and_ns_route(

@@ -12,7 +12,6 @@ import base64
 import json
 import logging
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,21 +28,10 @@ from app.mirror.pull import CorruptUpstream
 from app.registry import paths, queries
 from app.storage import StorageDriver
 from tests.helpers import OCI_INDEX, OCI_MANIFEST, RegistryClient, error_codes, sha256
+from tests.mirror.conftest import database_copy
 from tests.upstream import Upstream
 
 PREFIX = "up.test"
-
-
-def _database(template: Path, path: Path) -> Path:
-    shutil.copyfile(template, path)  # migrated once per run (tests/conftest.py)
-    return path
-
-
-@pytest.fixture
-def upstream(tmp_path: Path, sqlite_template: Path) -> Iterator[Upstream]:
-    server = Upstream(_database(sqlite_template, tmp_path / "upstream.db")).start()
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -244,7 +232,7 @@ def test_concurrent_pulls_of_one_uncached_blob_fetch_it_once(
 @pytest.fixture
 def token_upstream(tmp_path: Path, sqlite_template: Path) -> Iterator[Upstream]:
     server = Upstream(
-        _database(sqlite_template, tmp_path / "token-upstream.db"),
+        database_copy(sqlite_template, tmp_path / "token-upstream.db"),
         {
             "auth": "token",
             "auth_rules": [{"repository": "*", "users": ["puller"], "actions": ["pull"]}],

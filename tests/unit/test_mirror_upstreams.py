@@ -10,7 +10,7 @@ import pytest
 from app.config import ConfigError, load_settings
 from app.context import Features
 from app.mirror.client import parse_challenge
-from app.mirror.upstreams import Upstreams, parse_upstreams
+from app.mirror.upstreams import Upstreams, parse_upstreams, record_interval
 
 HUB = {"prefix": "docker.io", "url": "https://registry-1.docker.io", "default": True}
 GHCR = {"prefix": "ghcr.io", "url": "https://ghcr.io/", "ttl": "10m", "read_timeout": 90}
@@ -51,6 +51,24 @@ def test_from_the_environment_as_json() -> None:
         ),
         ([HUB, {**GHCR, "default": True}], "mirror_upstreams[1].default:"),
         (["docker.io"], "mirror_upstreams[0]: expected a table"),
+        ([{**GHCR, "retention": "a week"}], "mirror_upstreams[0].retention: 'a week' is not a"),
+        (
+            [{**GHCR, "retention": "0s"}],
+            'mirror_upstreams[0].retention: must be positive, or "off"',
+        ),
+        ([{**GHCR, "retention_rules": {"x": 1}}], "mirror_upstreams[0].retention_rules: expected"),
+        (
+            [{**GHCR, "retention_rules": [{"repository": "ghcr.io/*"}]}],
+            "mirror_upstreams[0].retention_rules[0].retention: must be set",
+        ),
+        (
+            [{**GHCR, "retention_rules": [{"retention": "1d", "repository": ""}]}],
+            "mirror_upstreams[0].retention_rules[0].repository: must be a glob",
+        ),
+        (
+            [{**GHCR, "retention_rules": [{"repository": "a", "retention": "1d", "keep": 1}]}],
+            "mirror_upstreams[0].retention_rules[0].keep: unknown key",
+        ),
     ],
 )
 def test_bad_entries_name_the_key(entries: list[object], message: str) -> None:
@@ -93,3 +111,34 @@ def test_challenges() -> None:
     }
     assert parse_challenge('Basic realm="Registry"').scheme == "basic"
     assert parse_challenge("").scheme == ""
+
+
+def test_retention_per_upstream_and_per_repository() -> None:
+    hub, ghcr = parse_upstreams(
+        [
+            {
+                **HUB,
+                "retention": "30d",
+                "retention_rules": [
+                    {"repository": "docker.io/library/*", "retention": "off"},
+                    {"repository": "docker.io/ci/*", "retention": "1d"},
+                ],
+            },
+            GHCR,
+        ]
+    )
+    day = 24 * 3600.0
+    assert hub.retention_for("docker.io/team/app") == 30 * day
+    assert hub.retention_for("docker.io/library/alpine") is None  # the first match wins
+    assert hub.retention_for("docker.io/ci/a/b") == day  # `*` crosses `/`
+    assert hub.retains and not ghcr.retains and ghcr.retention_for("ghcr.io/x") is None
+    # Only rules can retain too: an upstream kept for ever but for one glob.
+    (only_rules,) = parse_upstreams(
+        [{**GHCR, "retention_rules": [{"repository": "ghcr.io/tmp/*", "retention": 3600}]}]
+    )
+    assert only_rules.retains and only_rules.retention_for("ghcr.io/tmp/x") == 3600
+
+
+def test_pull_records_are_rarer_than_the_retention() -> None:
+    assert record_interval(None) == 3600 and record_interval(30 * 86400) == 3600
+    assert record_interval(60) == 6  # a tenth of a short retention

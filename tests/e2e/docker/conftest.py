@@ -46,8 +46,8 @@ READER = ("reader", "reader-Secret-2")
 _ENGINE = pytest.StashKey[DockerEngine]()
 
 
-@pytest.fixture(scope="session")
-def docker_engine(request: pytest.FixtureRequest) -> Iterator[DockerEngine]:
+def require_engine() -> None:
+    """Skip (fail under BERTH_TEST_STRICT=1) unless a private engine can run here."""
     for tool, package in TOOLS.items():
         if shutil.which(tool) is None:
             skip_or_fail(f"{tool} not installed (apt-get install -y {package})")
@@ -59,6 +59,11 @@ def docker_engine(request: pytest.FixtureRequest) -> Iterator[DockerEngine]:
     if not Path("/etc/docker").is_dir():
         # The private namespace binds over it; creating it would touch the real /etc.
         skip_or_fail("/etc/docker missing (the docker.io package creates it)")
+
+
+@pytest.fixture(scope="session")
+def docker_engine(request: pytest.FixtureRequest) -> Iterator[DockerEngine]:
+    require_engine()
     with running_engine(cgroup_parent=f"berth-test-{os.getpid()}") as engine:
         request.config.stash[_ENGINE] = engine
         yield engine

@@ -87,7 +87,7 @@ def _accounts() -> Database:
 
     settings = _settings()
     upgrade(settings.database_url)
-    return Database(settings.database_url)
+    return Database(settings.database_url, settings.sqlite_busy_timeout)
 
 
 def _new_password(password_stdin: bool) -> str:

@@ -129,6 +129,8 @@ def _number(default: int) -> Any:
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///var/berth.db"
+    # How long a SQLite writer waits for another's lock before the request is answered 503.
+    sqlite_busy_timeout: int = _duration(30)
     storage_driver: str = "filesystem"
     storage_root: str = "var/storage"
     delete_enabled: bool = True
@@ -152,8 +154,9 @@ class Settings:
     # client_body_timeout); a slow body that keeps sending is served however long it takes.
     request_body_timeout: int = _duration(60)
     # Peers whose X-Forwarded-* headers are believed (gunicorn's forwarded_allow_ips, and
-    # the failed-login limiter's idea of the client address); "*" trusts everyone.
-    forwarded_allow_ips: str = "127.0.0.1,::1"
+    # the failed-login limiter's idea of the client address); "*" trusts everyone. None by
+    # default: trusting loopback let any local client invent its address for every guess.
+    forwarded_allow_ips: str = ""
     # Access control (app/auth/): "none" keeps the registry open.
     auth: str = "none"
     auth_realm: str = "Berth Registry"
@@ -213,6 +216,7 @@ class Settings:
             "threads",
             "request_head_timeout",
             "request_body_timeout",
+            "sqlite_busy_timeout",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -70,7 +70,7 @@ class Registry:
     def from_settings(cls, settings: Settings, driver: StorageDriver | None = None) -> Registry:
         """Everything the settings describe (or the driver given, for tests)."""
         features = Features.from_settings(settings)
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, settings.sqlite_busy_timeout)
         guard = Guard(settings, db, features.policy) if settings.auth != "none" else None
         return cls(
             settings=settings,

@@ -40,14 +40,14 @@ def _set_wal(cursor: Any) -> None:
             time.sleep(0.05)
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, busy_timeout: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy, not pysqlite, decide when a transaction begins.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         # The timeout first: switching to WAL itself needs a lock another process may hold.
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         _set_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -81,14 +81,14 @@ class _Compiled:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, sqlite_busy_timeout: float = 30) -> None:
         self.url = url = engine_url(url)
         # A connection for each of a worker's threads (8 by default) and its background
         # jobs, kept open: an overflow connection is made and closed on every busy request.
         pool = {"pool_size": 10, "max_overflow": 5}
         if url.startswith("sqlite"):
             self.engine = create_engine(url, **pool)
-            _sqlite_setup(self.engine)
+            _sqlite_setup(self.engine, sqlite_busy_timeout)
         else:
             self.engine = create_engine(url, pool_pre_ping=True, **pool)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

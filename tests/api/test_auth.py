@@ -262,7 +262,29 @@ def test_repeated_failures_get_429_with_retry_after(app: Flask, accounts: None) 
     elsewhere.environ_base["REMOTE_ADDR"] = "192.0.2.7"
     assert elsewhere.get("/v2/").status_code == 200
 
-    # Behind the local (trusted) proxy, clients count by the address the proxy appended.
+    # No proxy is trusted unless the settings name it: a client on this host that makes up a
+    # new X-Forwarded-For for every guess is still counted by its own address.
+    for hop in ("203.0.113.1", "203.0.113.2"):
+        rotated = attacker.get("/v2/", headers={"X-Forwarded-For": hop})
+        assert rotated.status_code == 429
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [
+        {
+            "auth": "basic",
+            "auth_rules": RULES,
+            "auth_max_failures": 3,
+            "auth_failure_window": 60,
+            "forwarded_allow_ips": "127.0.0.1",
+        }
+    ],
+)
+def test_behind_a_trusted_proxy_failures_count_by_the_forwarded_address(
+    app: Flask, accounts: None
+) -> None:
+    # Behind the named proxy, clients count by the address the proxy appended.
     def via_proxy(forwarded_for: str, password: str | None = None) -> TestResponse:
         client = as_user(app, "reader", password)
         return client.get("/v2/", headers={"X-Forwarded-For": forwarded_for})
@@ -272,9 +294,11 @@ def test_repeated_failures_get_429_with_retry_after(app: Flask, accounts: None) 
         assert via_proxy("10.1.1.1, 198.51.100.4", "guess").status_code == 401
     assert via_proxy("198.51.100.4").status_code == 429
     assert via_proxy("198.51.100.5").status_code == 200
-    # An untrusted peer cannot pose as someone else through X-Forwarded-For.
+    # A peer that is not the proxy cannot pose as someone else through X-Forwarded-For.
+    elsewhere = as_user(app, "reader", "guess")
+    elsewhere.environ_base["REMOTE_ADDR"] = "192.0.2.7"
     for _ in range(3):
-        elsewhere.get("/v2/", headers={"Authorization": basic("reader", "guess")})
+        elsewhere.get("/v2/")
     dodge = elsewhere.get("/v2/", headers={"X-Forwarded-For": "203.0.113.9"})
     assert dodge.status_code == 429
 

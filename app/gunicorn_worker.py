@@ -59,11 +59,13 @@ class BalancedThreadWorker(ThreadWorker):
         size = max(self._max_connections, int(self.cfg.threads))
         return futures.ThreadPoolExecutor(max_workers=size, thread_name_prefix="berth")
 
-    # Request heads are watched by the main loop: gthread gives a thread to any connection
-    # with a byte to read, and the thread then blocks while the rest of the head trickles
-    # in (40 clients sending a byte a second held all 40 threads of a default server).
-    # Here a connection gets a thread once its head has arrived whole; one still incomplete
-    # after request_head_timeout is answered 408. Looking costs a peek, not a thread hop.
+    # Request heads are read by the main loop: gthread gives a thread to any connection with
+    # a byte to read, and the thread then blocks while the rest of the head trickles in (40
+    # clients sending a byte a second held all 40 threads of a default server). Here the
+    # bytes of a head are gathered as they come, and the connection gets a thread once the
+    # head is whole; one still incomplete after request_head_timeout is answered 408. They
+    # are read, not peeked at: a socket with unread bytes stays readable, and the poller
+    # would wake for it again and again.
 
     def accept(self, listener: Any) -> None:
         if self.cfg.is_ssl:  # the TLS handshake happens in a thread, as gthread does it
@@ -90,52 +92,67 @@ class BalancedThreadWorker(ThreadWorker):
         if self.cfg.is_ssl or conn.is_http2:
             super().on_pending_socket_readable(conn, client)
             return
-        answer = self._head_state(conn)
+        answer = self._gather_head(conn)
         if answer is _WAIT:
             return
         self.poller.unregister(client)
         self.pending_conns.remove(conn)
-        if answer is _READY:
-            conn.data_ready = True
-            self.enqueue_req(conn)
-        elif isinstance(answer, bytes):
-            _send(conn.sock, answer)
-            self.nr_conns -= 1
-            conn.close()
+        self._head_done(conn, answer)
 
     def _await_head(self, conn: Any) -> None:
         """Into the poller until the head is there (at once if it already is)."""
-        if self._head_state(conn) is _READY:
-            conn.data_ready = True
-            self.enqueue_req(conn)
-            return
         conn.sock.setblocking(False)
+        answer = self._gather_head(conn)
+        if answer is not _WAIT:
+            self._head_done(conn, answer)
+            return
         conn.timeout = time.monotonic() + self.cfg.keepalive  # gthread closes it then
         self.pending_conns.append(conn)
-        self.poller.register(
-            conn.sock,
-            selectors.EVENT_READ,
-            functools.partial(self.on_pending_socket_readable, conn),
-        )
+        readable = functools.partial(self.on_pending_socket_readable, conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, readable)
 
-    def _head_state(self, conn: Any) -> object:
-        """_READY, _WAIT, or the answer that ends the connection."""
+    def _gather_head(self, conn: Any) -> object:
+        """Read what has arrived of the next request head: _WAIT for more, _READY when it
+        is whole (or the client closed), or the answer that ends the connection."""
         if _read_ahead(conn):
             return _READY
-        head = _peek(conn.sock)
-        if head is None:
+        head: bytearray | None = getattr(conn, "berth_head", None)
+        try:
+            data = conn.sock.recv(_HEAD_READ)
+        except BlockingIOError:
             return _WAIT
-        if not conn.initialized and head[:1] == _TLS_HANDSHAKE:
-            # A TLS ClientHello on this plain-HTTP port (docker tries TLS first with every
-            # registry it was not told is insecure): a request line would never come.
-            return _PLAIN_HTTP_ONLY
-        if head and not _head_complete(head):
-            now = time.monotonic()
-            since = getattr(conn, "berth_head_since", None) or now
-            conn.berth_head_since = since
-            return _HEAD_TIMEOUT if now - since > self.head_timeout else _WAIT
-        conn.berth_head_since = None  # the next request on this connection starts afresh
-        return _READY  # a whole head, or the client closed: gthread sees to either
+        except OSError:
+            data = b""
+        if head is None:
+            if not data:
+                return _READY  # closed before a byte: gthread ends it quietly
+            if not conn.initialized and data[:1] == _TLS_HANDSHAKE:
+                # A TLS ClientHello on this plain-HTTP port (docker tries TLS first with
+                # every registry it was not told is insecure): a request line never comes.
+                return _PLAIN_HTTP_ONLY
+            head = conn.berth_head = bytearray()
+            conn.berth_head_since = time.monotonic()
+        head += data
+        if not data or _head_complete(head):
+            return _READY
+        if time.monotonic() - conn.berth_head_since > self.head_timeout:
+            return _HEAD_TIMEOUT
+        return _WAIT
+
+    def _head_done(self, conn: Any, answer: object) -> None:
+        if isinstance(answer, bytes):
+            _send(conn.sock, answer)
+            self.nr_conns -= 1
+            conn.close()
+            return
+        head = getattr(conn, "berth_head", None)
+        conn.berth_head = None  # the next request on this connection starts afresh
+        if not conn.initialized:
+            conn.init()  # plain HTTP/1: makes the parser, reads nothing
+        if head:
+            conn.parser.unreader.unread(bytes(head))
+        conn.data_ready = True
+        self.enqueue_req(conn)
 
     def handle(self, conn: Any) -> Any:
         if self.cfg.is_ssl or conn.is_http2:
@@ -152,9 +169,12 @@ class BalancedThreadWorker(ThreadWorker):
             unreader.sock = _WatchedSocket(unreader.sock, self)
         return super().handle(conn)
 
-    def wake(self) -> None:
-        """A thread started waiting: let the main loop see that it may accept again."""
-        if not self._accepting:
+    def started_waiting(self) -> None:
+        """A thread now waits for body bytes. If the worker was full before, the main loop
+        stopped accepting (or is about to) and must look again now, not at its next 1 s
+        tick. Decided by the counts, not by the accepting flag, which may not be set yet."""
+        self.waiting.add(1)
+        if self.nr_conns >= self.worker_connections - 1:
             self.method_queue.defer(_nothing)
 
     @functools.cached_property
@@ -206,8 +226,7 @@ class _WatchedSocket:
             bound = self._sock.gettimeout()  # gunicorn's drain of an unread body sets one
             if bound is not None:
                 wait = min(wait, bound)
-            worker.waiting.add(1)
-            worker.wake()
+            worker.started_waiting()
             try:
                 if not _readable(self._sock, wait):
                     raise BodyTimeout(f"no request bytes for {wait:g} s")
@@ -220,7 +239,8 @@ class _WatchedSocket:
 
 
 _TLS_HANDSHAKE = b"\x16"  # the first byte of every TLS record that opens a connection
-_PEEK = 64 * 1024  # a head this long is left to gunicorn's own limits
+_HEAD_MAX = 64 * 1024  # a head this long is left to gunicorn's own limits
+_HEAD_READ = 16 * 1024
 
 
 def _json_answer(status: bytes, message: str) -> bytes:
@@ -247,22 +267,6 @@ def _read_ahead(conn: Any) -> bool:
     return parser is not None and bool(parser.unreader.buf.getvalue())
 
 
-def _peek(sock: socket.socket) -> bytes | None:
-    """What has arrived and not been read, without reading it; None when nothing has (b""
-    when the client closed). Most heads fit the first look; a body behind one is not copied."""
-    try:
-        if not _readable(sock, 0):
-            return None
-        data = sock.recv(4096, socket.MSG_PEEK)
-        if len(data) == 4096 and not _head_complete(data):
-            data = sock.recv(_PEEK, socket.MSG_PEEK)
-        return data
-    except BlockingIOError:
-        return None
-    except OSError:
-        return b""
-
-
 def _readable(sock: socket.socket, timeout: float) -> bool:
     """Whether sock has bytes (or EOF) within timeout seconds. poll(), not select(): a
     worker holding many connections has descriptors past select's limit of 1024."""
@@ -271,8 +275,8 @@ def _readable(sock: socket.socket, timeout: float) -> bool:
     return bool(poller.poll(timeout * 1000))
 
 
-def _head_complete(data: bytes) -> bool:
-    return len(data) >= _PEEK or b"\r\n\r\n" in data or b"\n\n" in data
+def _head_complete(data: bytearray) -> bool:
+    return len(data) >= _HEAD_MAX or b"\r\n\r\n" in data or b"\n\n" in data
 
 
 def _send(sock: socket.socket, answer: bytes) -> None:

@@ -157,13 +157,16 @@ def start_nginx(
     (workdir / "tmp").mkdir(parents=True)
     site = workdir / "berth.conf"
     site.write_text(render(NGINX_TEMPLATE.read_text(), values))
-    # The main configuration a distribution ships; the sample is included in http{}.
+    # The main configuration a distribution ships; the sample is included in http{}. Each
+    # client being proxied holds two connections (its own and the one to Berth): the load
+    # test's 1,000 slow clients need more than Debian's 768 per worker.
     (workdir / "nginx.conf").write_text(
         f"""
 worker_processes 2;
+worker_rlimit_nofile 8192;
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log info;
-events {{ worker_connections 512; }}
+events {{ worker_connections 4096; }}
 http {{
     access_log {workdir}/access.log;
     client_body_temp_path {workdir}/tmp/body;

@@ -23,9 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 
 from app.auth.policy import ACTIONS, Policy
@@ -82,8 +79,14 @@ class Claims:
 # --- keys ----------------------------------------------------------------------------------
 
 
+# jwt and cryptography are imported where they are used: together ~20 MiB a server with
+# auth = "none" or plain basic never needs (docs/performance.md, memory).
+
+
 def key_id(public_key: Any) -> str:
     """libtrust's key ID (what distribution matches a token's `kid` against)."""
+    from cryptography.hazmat.primitives import serialization
+
     der = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -92,6 +95,8 @@ def key_id(public_key: Any) -> str:
 
 
 def _algorithm(private_key: Any) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     if isinstance(private_key, rsa.RSAPrivateKey):
         return "RS256"
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
@@ -102,11 +107,16 @@ def _algorithm(private_key: Any) -> str:
 
 
 def _from_pem(pem: bytes) -> SigningKey:
+    from cryptography.hazmat.primitives import serialization
+
     private_key = serialization.load_pem_private_key(pem, password=None)
     return SigningKey(key_id(private_key.public_key()), _algorithm(private_key), private_key)
 
 
 def generate_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     private_key = ec.generate_private_key(ec.SECP256R1())
     return private_key.private_bytes(
         serialization.Encoding.PEM,
@@ -200,11 +210,15 @@ def issue(
         "jti": secrets.token_urlsafe(16),
         "access": access,
     }
+    import jwt
+
     token = jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid})
     return token, datetime.fromtimestamp(now, UTC)
 
 
 def verify(key: SigningKey, issuer: str, service: str, token: str) -> Claims:
+    import jwt
+
     try:
         claims = jwt.decode(
             token,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -22,16 +23,22 @@ class UpstreamStatus:
 
 def report(reg: Context) -> list[UpstreamStatus]:
     now = datetime.now(UTC)
+    upstreams = reg.mirror.upstreams.all
     with reg.db.transaction() as session:
         fetches = [f for f in queries.fetches(session) if f.expires_at >= now]
-        sizes = {u.prefix: queries.cache_size(session, u.prefix) for u in reg.mirror.upstreams.all}
+        sizes = {u.prefix: queries.cache_size(session, u.prefix) for u in upstreams}
+    # All at once: one upstream that is down costs its connect timeout, not every one's in turn
+    # (the web UI's mirror page waits for this).
+    with ThreadPoolExecutor(max_workers=max(1, min(len(upstreams), 8))) as pool:
+        pings = pool.map(lambda u: reg.mirror.client(u).ping(), upstreams)
+        health = {u.prefix: ping for u, ping in zip(upstreams, pings, strict=True)}
     return [
         UpstreamStatus(
             prefix=u.prefix,
             url=u.url,
             default=u.default,
             ttl=u.ttl,
-            health=reg.mirror.client(u).ping(),
+            health=health[u.prefix],
             cached=sizes[u.prefix],
             fetching=sum(1 for f in fetches if f.upstream == u.prefix),
         )

@@ -77,6 +77,7 @@ def start_deployment(
     v1: V1Stub,
     tmp_path: Path,
     htpasswd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Deployment]:
     require_tool("nginx" if kind == "nginx" else "apache2")
     # nginx in front of PostgreSQL (as in compose.yml), Apache in front of SQLite.
@@ -85,7 +86,7 @@ def start_deployment(
     berth = start(
         database_url=database_url,
         storage_root=storage,
-        env={"BERTH_BLOB_OFFLOAD": OFFLOAD[kind]},
+        env={"BERTH_BLOB_OFFLOAD": OFFLOAD[kind], **(env or {})},
         name=f"berth-{kind}",
     )
     workdir = tmp_path / kind

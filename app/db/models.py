@@ -62,7 +62,7 @@ class Base(DeclarativeBase):
 
 class Repository(Base):
     """A repository, and its figures for the web UI's list, kept by every write that changes
-    them (app/registry/queries.py, `Figures`) so that the list sorts by an index: counting
+    them (app/registry/queries.py) so that the list sorts by an index: counting
     them per page took 100-350 ms at 10,000 repositories on PostgreSQL."""
 
     __tablename__ = "repository"

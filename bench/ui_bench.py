@@ -137,6 +137,25 @@ def build(url: str, storage: Path, repositories: int, tags: int) -> None:
             }
         )
     unique_links = list({(r["repository_id"], r["blob_id"]): r for r in links}.values())
+    # The figures every write keeps on the repository row (app/registry/queries.py), as the
+    # writes would have left them.
+    figures = {r["id"]: r for r in repos}
+    for r in repos:
+        r.update(tag_count=0, manifest_count=0, blob_count=0, total_size=0, last_push=None)
+    sizes = {b["id"]: b["size"] for b in blobs}
+    for row in manifests:
+        figure = figures[row["repository_id"]]
+        figure["manifest_count"] += 1
+        figure["total_size"] += row["size"]
+        figure["last_push"] = max(filter(None, (figure["last_push"], row["created_at"])))
+    for row in unique_links:
+        figure = figures[row["repository_id"]]
+        figure["blob_count"] += 1
+        figure["total_size"] += sizes[row["blob_id"]]
+    for row in tag_rows:
+        figure = figures[row["repository_id"]]
+        figure["tag_count"] += 1
+        figure["last_push"] = max(filter(None, (figure["last_push"], row["updated_at"])))
     with engine.begin() as conn:
         for table, rows in (
             ("repository", repos),

@@ -61,11 +61,30 @@ class Base(DeclarativeBase):
 
 
 class Repository(Base):
+    """A repository, and its figures for the web UI's list, kept by every write that changes
+    them (app/registry/queries.py) so that the list sorts by an index: counting
+    them per page took 100-350 ms at 10,000 repositories on PostgreSQL."""
+
     __tablename__ = "repository"
+    # Ties are broken by name in the same direction as the figure, so one index serves both
+    # orders (a backward scan for descending).
+    __table_args__ = (
+        Index("ix_repository_tag_count_name", "tag_count", "name"),
+        Index("ix_repository_total_size_name", "total_size", "name"),
+        Index("ix_repository_last_push_name", "last_push", "name"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(byte_ordered(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    tag_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    manifest_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    blob_count: Mapped[int] = mapped_column(Integer, server_default="0")  # linked blobs
+    # Bytes of the linked blobs plus the manifests.
+    total_size: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The latest blob link, manifest or tag pushed; None until something is (such a
+    # repository has no content and is listed nowhere). Deleting never moves it back.
+    last_push: Mapped[datetime | None] = mapped_column(Timestamp())
 
 
 class Blob(Base):

@@ -47,6 +47,16 @@ def insert_ignore(
     session.execute(stmt, values)
 
 
+def insert_new(
+    session: Session, model: type[Base], values: dict[str, Any], keys: list[str]
+) -> bool:
+    """insert_ignore of one row: whether it was inserted (False: the row was there). On
+    PostgreSQL a concurrent insert of the same key waits for the other transaction, so of
+    two only one ever sees True."""
+    stmt = _insert(session.get_bind().dialect.name, model, tuple(keys), ())
+    return bool(session.execute(stmt, values).rowcount)  # type: ignore[attr-defined]
+
+
 def upsert(
     session: Session, model: type[Base], values: dict[str, Any], keys: list[str], update: list[str]
 ) -> None:

@@ -3,6 +3,7 @@ and each cached repository's last pull and when retention removes it."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -47,6 +48,11 @@ def report(reg: Context) -> list[UpstreamStatus]:
             u.prefix: [_cached(u, r) for r in queries.cached_repositories(session, u.prefix)]
             for u in upstreams
         }
+    # All at once: one upstream that is down costs its connect timeout, not every one's in turn
+    # (the web UI's mirror page waits for this).
+    with ThreadPoolExecutor(max_workers=max(1, min(len(upstreams), 8))) as pool:
+        pings = pool.map(lambda u: reg.mirror.client(u).ping(), upstreams)
+        health = {u.prefix: ping for u, ping in zip(upstreams, pings, strict=True)}
     return [
         UpstreamStatus(
             prefix=u.prefix,
@@ -54,7 +60,7 @@ def report(reg: Context) -> list[UpstreamStatus]:
             default=u.default,
             ttl=u.ttl,
             retention=u.retention,
-            health=reg.mirror.client(u).ping(),
+            health=health[u.prefix],
             cached=sizes[u.prefix],
             fetching=sum(1 for f in fetches if f.upstream == u.prefix),
             repositories=cached[u.prefix],

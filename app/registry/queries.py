@@ -16,8 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Integer,
     and_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -25,7 +27,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    type_coerce,
     update,
 )
 from sqlalchemy.orm import Session
@@ -43,7 +44,8 @@ from app.db.models import (
     Upload,
     utcnow,
 )
-from app.db.upserts import insert_ignore, upsert
+from app.db.session import before_commit
+from app.db.upserts import insert_ignore, insert_new
 
 # The tables, for Core statements (gc's batch deletes, the upload session's updates).
 M = Base.metadata.tables[Manifest.__tablename__]
@@ -52,6 +54,7 @@ L = Base.metadata.tables[RepositoryBlob.__tablename__]
 B = Base.metadata.tables[Blob.__tablename__]
 T = Base.metadata.tables[Tag.__tablename__]
 U = Base.metadata.tables[Upload.__tablename__]
+P = Base.metadata.tables[Repository.__tablename__]
 
 
 def _count(result: Any) -> int:
@@ -72,6 +75,73 @@ def repository_id(session: Session, name: str) -> int | None:
 
 def repository_exists(db: Database, name: str) -> bool:
     return bool(db.rows(REPOSITORY_ID, {"repo": name}))
+
+
+# --- a repository's figures --------------------------------------------------------------------
+# Tag count, manifest and blob counts, total size and last push live on the repository row
+# (the web UI's list sorts by them through an index). Every statement here that adds or
+# removes a tag, a manifest or a blob link notes what it changed, from its own row counts and
+# RETURNING, into the transaction; one UPDATE per repository adds it up just before the
+# commit: `x = x + delta`, which on PostgreSQL re-reads the row a concurrent push committed,
+# so no change is lost, and which holds the row's lock only from there to the commit.
+
+
+@dataclass
+class _Change:
+    tags: int = 0
+    manifests: int = 0
+    blobs: int = 0
+    size: int = 0
+    pushed: datetime | None = None
+
+    def push(self, at: datetime) -> None:
+        self.pushed = at if self.pushed is None else max(self.pushed, at)
+
+
+_FIGURES = "berth_repository_figures"
+_PUSHED = bindparam("pushed", type_=Timestamp())
+_ADD_FIGURES = (
+    update(P)
+    .where(P.c.id == bindparam("rid"))
+    .values(
+        tag_count=P.c.tag_count + bindparam("d_tags", type_=Integer),
+        manifest_count=P.c.manifest_count + bindparam("d_manifests", type_=Integer),
+        blob_count=P.c.blob_count + bindparam("d_blobs", type_=Integer),
+        total_size=P.c.total_size + bindparam("d_size", type_=Integer),
+        # Never backwards: two instances' clocks, or pushes committing out of order.
+        last_push=case(
+            (or_(P.c.last_push.is_(None), P.c.last_push < _PUSHED), _PUSHED),
+            else_=P.c.last_push,
+        ),
+    )
+)
+
+
+def _change(session: Session, repo_id: int) -> _Change:
+    changes: dict[int, _Change] | None = session.info.get(_FIGURES)
+    if changes is None:
+        changes = session.info[_FIGURES] = {}
+        before_commit(session, _FIGURES, _add_figures)
+    return changes.setdefault(repo_id, _Change())
+
+
+def _add_figures(session: Session) -> None:
+    changes: dict[int, _Change] = session.info.pop(_FIGURES, {})
+    # In id order: two transactions changing the same repositories never deadlock.
+    params = [
+        {
+            "rid": repo_id,
+            "d_tags": c.tags,
+            "d_manifests": c.manifests,
+            "d_blobs": c.blobs,
+            "d_size": c.size,
+            "pushed": c.pushed,
+        }
+        for repo_id, c in sorted(changes.items())
+        if c.tags or c.manifests or c.blobs or c.size or c.pushed
+    ]
+    if params:
+        session.execute(_ADD_FIGURES, params)
 
 
 def ensure_repository(session: Session, name: str) -> int:
@@ -98,7 +168,12 @@ _LINKED_BLOB_SIZE = (
     .join(Repository, Repository.id == RepositoryBlob.repository_id)
     .where(Repository.name == bindparam("repo"), Blob.digest == bindparam("digest"))
 )
-_BLOB_ID = select(Blob.id).where(Blob.digest == bindparam("digest"))
+_BLOB_ID_SIZE = select(Blob.id, Blob.size).where(Blob.digest == bindparam("digest"))
+_RELINK = (
+    update(L)
+    .where(L.c.repository_id == bindparam("rid"), L.c.blob_id == bindparam("bid"))
+    .values(created_at=bindparam("at"))
+)
 
 
 def linked_blob_size(db: Database, repo: str, digest: str) -> int | None:
@@ -116,26 +191,35 @@ def link_blob(session: Session, repo_id: int, digest: str, size: int) -> None:
     # Garbage collection cannot delete this blob until the transaction ends (app/db/locks.py).
     locks.share(session, [digest])
     insert_ignore(session, Blob, {"digest": digest, "size": size}, ["digest"])
-    blob_id = session.scalar(_BLOB_ID, {"digest": digest})
-    # A link pushed again is new again: gc's grace period counts from the latest push.
-    upsert(
-        session,
-        RepositoryBlob,
-        {"repository_id": repo_id, "blob_id": blob_id, "created_at": utcnow()},
-        ["repository_id", "blob_id"],
-        ["created_at"],
-    )
+    blob_id, stored_size = session.execute(_BLOB_ID_SIZE, {"digest": digest}).one()
+    now = utcnow()
+    link = {"repository_id": repo_id, "blob_id": blob_id, "created_at": now}
+    change = _change(session, repo_id)
+    if insert_new(session, RepositoryBlob, link, ["repository_id", "blob_id"]):
+        change.blobs += 1
+        change.size += stored_size
+    else:
+        # A link pushed again is new again: gc's grace period counts from the latest push.
+        session.execute(_RELINK, {"rid": repo_id, "bid": blob_id, "at": now})
+    change.push(now)
 
 
 def unlink_blob(session: Session, repo_name: str, digest: str) -> bool:
-    blob_id = select(Blob.id).where(Blob.digest == digest).scalar_subquery()
-    repo_id = select(Repository.id).where(Repository.name == repo_name).scalar_subquery()
+    repo_id = session.scalar(REPOSITORY_ID, {"repo": repo_name})
+    blob = session.execute(_BLOB_ID_SIZE, {"digest": digest}).first()
+    if repo_id is None or blob is None:
+        return False
     result = session.execute(
         delete(RepositoryBlob).where(
-            RepositoryBlob.blob_id == blob_id, RepositoryBlob.repository_id == repo_id
+            RepositoryBlob.blob_id == blob.id, RepositoryBlob.repository_id == repo_id
         )
     )
-    return _count(result) > 0
+    if not _count(result):
+        return False
+    change = _change(session, repo_id)
+    change.blobs -= 1
+    change.size -= blob.size
+    return True
 
 
 _LINKED_DIGESTS = (
@@ -226,6 +310,7 @@ def manifest(db: Database, repo: str, *, digest: str = "", tag: str = "") -> Sto
 
 def store_manifest(session: Session, repo_id: int, new: NewManifest, tags: Sequence[str]) -> None:
     """The manifest row (kept if it exists), what it references, and the tags onto it."""
+    now = utcnow()
     values = {
         "repository_id": repo_id,
         "digest": new.digest,
@@ -235,28 +320,42 @@ def store_manifest(session: Session, repo_id: int, new: NewManifest, tags: Seque
         "annotations": json.dumps(new.annotations) if new.annotations else None,
         "payload": new.payload,
         "size": len(new.payload),
-        "created_at": utcnow(),
+        "created_at": now,
     }
-    insert_ignore(session, Manifest, values, ["repository_id", "digest"])
+    change = _change(session, repo_id)
+    if insert_new(session, Manifest, values, ["repository_id", "digest"]):
+        change.manifests += 1
+        change.size += len(new.payload)
     manifest_id = session.scalar(_MANIFEST_ID, {"repo_id": repo_id, "digest": new.digest})
+    assert manifest_id is not None
     refs = [(d, "blob") for d in dict.fromkeys(new.blobs)]
     refs += [(d, "manifest") for d in dict.fromkeys(new.manifests)]
     if refs:
         rows = [{"manifest_id": manifest_id, "digest": d, "kind": k} for d, k in refs]
         insert_ignore(session, ManifestReference, rows, ["manifest_id", "digest"])
     for tag in tags:
-        upsert(
-            session,
-            Tag,
-            {
-                "repository_id": repo_id,
-                "name": tag,
-                "manifest_id": manifest_id,
-                "updated_at": utcnow(),
-            },
-            ["repository_id", "name"],
-            ["manifest_id", "updated_at"],
-        )
+        change.tags += _set_tag(session, repo_id, tag, manifest_id, now)
+    change.push(now)
+
+
+_MOVE_TAG = (
+    update(T)
+    .where(T.c.repository_id == bindparam("rid"), T.c.name == bindparam("tag"))
+    .values(manifest_id=bindparam("mid"), updated_at=bindparam("at"))
+)
+
+
+def _set_tag(session: Session, repo_id: int, tag: str, manifest_id: int, at: datetime) -> int:
+    """Point `tag` at the manifest: 1 when the tag is new, 0 when it moved. An insert, else
+    an update, rather than one upsert, because the tag count needs to know which; the loop
+    covers a tag deleted between the two (PostgreSQL)."""
+    row = {"repository_id": repo_id, "name": tag, "manifest_id": manifest_id}
+    while True:
+        if insert_new(session, Tag, {**row, "updated_at": at}, ["repository_id", "name"]):
+            return 1
+        params = {"rid": repo_id, "tag": tag, "mid": manifest_id, "at": at}
+        if _count(session.execute(_MOVE_TAG, params)):
+            return 0
 
 
 @dataclass(frozen=True)
@@ -269,10 +368,13 @@ class ManifestToDelete:
 
 
 def manifest_to_delete(session: Session, repo_id: int, digest: str) -> ManifestToDelete | None:
+    # FOR UPDATE: a push tagging this manifest now (its tag's foreign key check holds the
+    # row FOR KEY SHARE) commits first, so the delete below counts its tag too, rather than
+    # the foreign key's cascade taking it uncounted.
     row = session.execute(
-        select(Manifest.id, Manifest.media_type, Manifest.size).where(
-            Manifest.repository_id == repo_id, Manifest.digest == digest
-        )
+        select(Manifest.id, Manifest.media_type, Manifest.size)
+        .where(Manifest.repository_id == repo_id, Manifest.digest == digest)
+        .with_for_update()
     ).first()
     if row is None:
         return None
@@ -284,14 +386,24 @@ def manifest_to_delete(session: Session, repo_id: int, digest: str) -> ManifestT
 
 def delete_manifest(session: Session, manifest_id: int) -> None:
     """The manifest, its references and every tag on it."""
-    session.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
+    untagged = _count(session.execute(delete(Tag).where(Tag.manifest_id == manifest_id)))
     session.execute(delete(ManifestReference).where(ManifestReference.manifest_id == manifest_id))
-    session.execute(delete(Manifest).where(Manifest.id == manifest_id))
+    gone = session.execute(
+        delete(M).where(M.c.id == manifest_id).returning(M.c.repository_id, M.c.size)
+    ).first()
+    if gone is not None:
+        change = _change(session, gone.repository_id)
+        change.tags -= untagged
+        change.manifests -= 1
+        change.size -= gone.size
 
 
 def delete_tag(session: Session, repo_id: int, tag: str) -> bool:
     result = session.execute(delete(Tag).where(Tag.repository_id == repo_id, Tag.name == tag))
-    return _count(result) > 0
+    if not _count(result):
+        return False
+    _change(session, repo_id).tags -= 1
+    return True
 
 
 # --- listings --------------------------------------------------------------------------------
@@ -615,12 +727,17 @@ def delete_unreferenced_manifests(session: Session, ids: Sequence[int], cutoff: 
             ~exists(named_by_parent),
             or_(M.c.subject_digest.is_(None), ~exists(subject_here)),
         )
-        .returning(M.c.id)
+        .returning(M.c.id, M.c.repository_id, M.c.size)
     )
-    deleted = list(session.scalars(statement))
+    rows = session.execute(statement).all()
+    deleted = [row.id for row in rows]
     # The foreign keys cascade too; explicit, so nothing depends on the SQLite pragma.
     if deleted:
         session.execute(delete(R).where(R.c.manifest_id.in_(deleted)))
+    for row in rows:  # untagged, by the condition above: no tag count changes
+        change = _change(session, row.repository_id)
+        change.manifests -= 1
+        change.size -= row.size
     return len(deleted)
 
 
@@ -675,9 +792,20 @@ def delete_unnamed_links(
     statement = (
         delete(L)
         .where(wanted, L.c.created_at < cutoff, ~exists(still_named))
-        .returning(L.c.blob_id)
+        .returning(L.c.repository_id, L.c.blob_id)
     )
-    return len(list(session.scalars(statement)))
+    rows = session.execute(statement).all()
+    if rows:
+        sizes = dict(
+            session.execute(
+                select(B.c.id, B.c.size).where(B.c.id.in_({row.blob_id for row in rows}))
+            ).all()
+        )
+        for row in rows:
+            change = _change(session, row.repository_id)
+            change.blobs -= 1
+            change.size -= sizes.get(row.blob_id, 0)
+    return len(rows)
 
 
 def blob_digests(session: Session, blob_ids: Sequence[int]) -> list[str]:
@@ -724,86 +852,25 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-_SUMMARY_TAGS = select(func.count()).where(Tag.repository_id == Repository.id).scalar_subquery()
-_SUMMARY_SIZE = (
-    select(func.coalesce(func.sum(Blob.size), 0))
-    .select_from(RepositoryBlob)
-    .join(Blob, Blob.id == RepositoryBlob.blob_id)
-    .where(RepositoryBlob.repository_id == Repository.id)
-    .scalar_subquery()
-) + (
-    select(func.coalesce(func.sum(Manifest.size), 0))
-    .where(Manifest.repository_id == Repository.id)
-    .scalar_subquery()
-)
-# A push ends by tagging (or, for a referrer, by its manifest): the latest of either. An
-# aggregate loses the column's type, so the Timestamp is given back (aware on SQLite too).
-_SUMMARY_LAST_PUSH = type_coerce(
-    func.coalesce(
-        select(func.max(Tag.updated_at))
-        .where(Tag.repository_id == Repository.id)
-        .scalar_subquery(),
-        select(func.max(Manifest.created_at))
-        .where(Manifest.repository_id == Repository.id)
-        .scalar_subquery(),
-    ),
-    Timestamp(),
-)
-_HAS_CONTENT = or_(
-    exists().where(Manifest.repository_id == Repository.id),
-    exists().where(RepositoryBlob.repository_id == Repository.id),
-)
 _NAME_MATCHES = Repository.name.like(bindparam("pattern"), escape="\\")
-# Ordering by a figure needs it for every repository: grouped once (a hash aggregate), not
-# a subquery per row, which PostgreSQL would also run for every row an OFFSET skips.
-_BY_TAGS = (
-    select(
-        Tag.repository_id.label("rid"),
-        func.count().label("tags"),
-        func.max(Tag.updated_at).label("pushed"),
-    )
-    .group_by(Tag.repository_id)
-    .subquery()
-)
-_BY_BLOBS = (
-    select(RepositoryBlob.repository_id.label("rid"), func.sum(Blob.size).label("size"))
-    .join(Blob, Blob.id == RepositoryBlob.blob_id)
-    .group_by(RepositoryBlob.repository_id)
-    .subquery()
-)
-_BY_MANIFESTS = (
-    select(
-        Manifest.repository_id.label("rid"),
-        func.sum(Manifest.size).label("size"),
-        func.max(Manifest.created_at).label("pushed"),
-    )
-    .group_by(Manifest.repository_id)
-    .subquery()
-)
-_JOINS = {
-    "name": (),
-    "tags": (_BY_TAGS,),
-    "size": (_BY_BLOBS, _BY_MANIFESTS),
-    "pushed": (_BY_TAGS, _BY_MANIFESTS),
-}
+# What the catalog lists too: repositories with a manifest or at least one linked blob.
+_HAS_CONTENT = or_(Repository.manifest_count > 0, Repository.blob_count > 0)
 _KEYS: dict[str, Any] = {
     "name": Repository.name,
-    "tags": func.coalesce(_BY_TAGS.c.tags, 0),
-    "size": func.coalesce(_BY_BLOBS.c.size, 0) + func.coalesce(_BY_MANIFESTS.c.size, 0),
-    "pushed": func.coalesce(_BY_TAGS.c.pushed, _BY_MANIFESTS.c.pushed),
+    "tags": Repository.tag_count,
+    "size": Repository.total_size,
+    "pushed": Repository.last_push,
 }
 
 
 def _ordered(sort: str, descending: bool) -> Any:
-    source: Any = Repository.__table__
-    for grouped in _JOINS[sort]:
-        source = source.outerjoin(grouped, grouped.c.rid == Repository.id)
-    key = _KEYS[sort]
+    # The figure, then the name, both the same way: an index on (figure, name) read forwards
+    # or backwards, stopping after one page (ix_repository_*_name, app/db/models.py).
+    keys = [_KEYS[sort], Repository.name] if sort != "name" else [Repository.name]
     return (
         select(Repository.id, Repository.name)
-        .select_from(source)
         .where(_NAME_MATCHES, _HAS_CONTENT)
-        .order_by((key.desc() if descending else key.asc()).nulls_last(), Repository.name)
+        .order_by(*(key.desc() if descending else key.asc() for key in keys))
     )
 
 
@@ -819,9 +886,9 @@ _COUNT_REPOSITORIES = select(func.count(Repository.id)).where(_NAME_MATCHES, _HA
 _SUMMARIES = select(
     Repository.id,
     Repository.name,
-    _SUMMARY_TAGS.label("tags"),
-    _SUMMARY_SIZE.label("size"),
-    _SUMMARY_LAST_PUSH.label("last_push"),
+    Repository.tag_count,
+    Repository.total_size,
+    Repository.last_push,
 ).where(Repository.id.in_(bindparam("ids", expanding=True)))
 
 
@@ -861,7 +928,7 @@ def repository_summaries(session: Session, ids: Sequence[int]) -> list[Repositor
     if not ids:
         return []
     found = {
-        row.id: RepositorySummary(row.name, int(row.tags), int(row.size), row.last_push)
+        row.id: RepositorySummary(row.name, row.tag_count, row.total_size, row.last_push)
         for row in session.execute(_SUMMARIES, {"ids": list(ids)})
     }
     return [found[i] for i in ids if i in found]

@@ -23,6 +23,7 @@ from app.auth import sessions
 from app.auth.guard import Access, Caller, Presented
 from app.context import Registry
 from app.errors import RegistryError, TooManyRequests, Unauthorized
+from app.mirror.status import report as mirror_status_report
 from app.notifications import delivery
 from app.notifications.events import RequestInfo
 from app.registry import browse, manifests
@@ -339,6 +340,17 @@ def gc_preview() -> Response:
 def webhooks() -> Response:
     _viewer().require_admin()
     return _page("webhooks.html", endpoints=delivery.status(_registry()))
+
+
+@bp.get("/mirror")
+def mirror_status() -> Response:
+    _viewer().require_admin()
+    return _page("mirror.html", upstreams=mirror_status_report(_registry()))
+
+
+@bp.context_processor
+def _mirrored() -> dict[str, bool]:
+    return {"mirrored": bool(_registry().mirror)}
 
 
 def init_app(app: Flask) -> None:

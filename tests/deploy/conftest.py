@@ -77,6 +77,7 @@ def start_deployment(
     v1: V1Stub,
     tmp_path: Path,
     htpasswd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Deployment]:
     require_tool("nginx" if kind == "nginx" else "apache2")
     # nginx in front of PostgreSQL (as in compose.yml), Apache in front of SQLite.
@@ -86,7 +87,11 @@ def start_deployment(
         database_url=database_url,
         storage_root=storage,
         # As the samples say: the front end on this host is the one proxy believed.
-        env={"BERTH_BLOB_OFFLOAD": OFFLOAD[kind], "BERTH_FORWARDED_ALLOW_IPS": "127.0.0.1"},
+        env={
+            "BERTH_BLOB_OFFLOAD": OFFLOAD[kind],
+            "BERTH_FORWARDED_ALLOW_IPS": "127.0.0.1",
+            **(env or {}),
+        },
         name=f"berth-{kind}",
     )
     workdir = tmp_path / kind

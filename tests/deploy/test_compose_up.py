@@ -362,6 +362,10 @@ def test_skopeo_push_pull_byte_for_byte_through_nginx(
         skopeo(sandbox, "copy", "--retry-times", "0", image.ref, ref)
     push_and_pull_back(sandbox, compose_project, image, ref, tmp_path / "back")
     assert layout_differences(image, read_layout(tmp_path / "back", "v1")) == []
+    # The web UI renders through nginx and lists it; its cookie is Secure (X-Forwarded-Proto).
+    ui = compose_project.get("/ui/")
+    assert ui.status_code == 200 and ">team/skopeo<" in ui.text
+    assert "; Secure" in ui.headers["Set-Cookie"]
 
 
 def test_docker_push_pull_run_through_nginx(compose_project: Project, docker: DockerCLI) -> None:

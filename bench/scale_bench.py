@@ -1,0 +1,514 @@
+"""Listings and gc at scale: catalog and tag pages, and one more tag pushed, at 1,000, 10,000
+and 100,000 repositories / tags, for Berth (SQLite, PostgreSQL) and the reference; then
+`berth gc` and `berth gc --delete-untagged` at 100,000 manifests on PostgreSQL, timed, with
+their peak RSS.
+
+    .venv/bin/python bench/scale_bench.py               # full run (~25 minutes on 2 cores)
+    .venv/bin/python bench/scale_bench.py --quick       # tiny sizes: checks the script works
+    .venv/bin/python bench/scale_bench.py --sizes 1000,10000 --targets berth-sqlite --no-gc
+
+How the stores are filled (100,000 HTTP pushes would take longer than the whole run; what
+is measured afterwards goes over HTTP to a real `berth serve` / `docker-registry serve`):
+- Berth: rows inserted in bulk through the app's own models (the tables `berth migrate`
+  made), and the two blob files written where the filesystem driver keeps them. N
+  repositories `bench/rNNNNNN` each hold one image (config + layer linked, one manifest,
+  tag v1); `bench/base` holds the same image under N tags `tNNNNNN`.
+- The reference: its filesystem layout written directly, as distribution 2.8's storage
+  driver would (docker/registry/v2/blobs/sha256/<2>/<hex>/data; per repository
+  _layers/sha256/<hex>/link, _manifests/revisions/sha256/<hex>/link and
+  _manifests/tags/<tag>/{current/link,index/sha256/<hex>/link}).
+Each figure: the median of timed sequential requests on one keep-alive connection (at
+most `--repeat` of them, fewer when a request takes long): the first catalog page
+(`_catalog?n=100`), a page near the end (`last=` the name 99 % of the way in), the same for
+tags/list, and a manifest PUT under a new tag into the repository holding N tags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import requests
+from sqlalchemy import create_engine, insert, text
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+
+from registry_bench import settle, start_berth, start_reference  # noqa: E402
+
+from app.db.models import (  # noqa: E402
+    Blob,
+    Manifest,
+    ManifestReference,
+    Repository,
+    RepositoryBlob,
+    Tag,
+)
+from app.db.session import engine_url  # noqa: E402
+from app.migrate import upgrade  # noqa: E402
+from app.registry import paths  # noqa: E402
+from app.registry.references import Digest  # noqa: E402
+
+PG_ADMIN = os.environ.get("BERTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+CONFIG = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+LAYER = b"scale bench layer"
+PAGE = 100
+TARGETS = ("berth-sqlite", "berth-postgresql", "reference")
+FIGURES = ("catalog page", "catalog page, near the end", "tags page", "tags page, near the end")
+PUSH = "push one more tag"
+CHUNK = 20_000  # rows per bulk insert
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def image_manifest() -> bytes:
+    def desc(data: bytes, media_type: str) -> dict[str, object]:
+        return {"mediaType": media_type, "digest": sha(data), "size": len(data)}
+
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": desc(CONFIG, "application/vnd.oci.image.config.v1+json"),
+        "layers": [desc(LAYER, "application/vnd.oci.image.layer.v1.tar")],
+    }
+    return json.dumps(doc).encode()
+
+
+def repo_name(i: int) -> str:
+    return f"bench/r{i:06d}"
+
+
+def tag_name(i: int) -> str:
+    return f"t{i:06d}"
+
+
+def chunked(rows: Iterator[dict[str, Any]], size: int = CHUNK) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ----------------------------------------------------------------------------- databases
+
+
+def scratch_database(kind: str, workdir: Path) -> tuple[str, str | None]:
+    """(url, PostgreSQL database name to drop afterwards), migrated."""
+    if kind == "sqlite":
+        url, name = f"sqlite:///{workdir / 'berth.db'}", None
+    else:
+        name = f"berth_scale_{uuid.uuid4().hex[:10]}"
+        admin = create_engine(engine_url(PG_ADMIN), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    upgrade(url)
+    return url, name
+
+
+def drop_database(name: str | None) -> None:
+    if name is None:
+        return
+    admin = create_engine(engine_url(PG_ADMIN), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def write_blob(storage: Path, data: bytes, mtime: float | None = None) -> str:
+    digest = sha(data)
+    target = storage / paths.blob_data(Digest.parse(digest))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    if mtime is not None:
+        os.utime(target, (mtime, mtime))
+    return digest
+
+
+def fill_berth(url: str, storage: Path, count: int) -> None:
+    """count repositories of one image each, and count tags in bench/base (see the top)."""
+    body = image_manifest()
+    blobs = [write_blob(storage, CONFIG), write_blob(storage, LAYER)]
+    repos = ["bench/base"] + [repo_name(i) for i in range(count)]
+    engine = create_engine(engine_url(url))
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Blob), [{"id": i + 1, "digest": d, "size": 1} for i, d in enumerate(blobs)]
+        )
+        for rows in chunked({"id": r + 1, "name": name} for r, name in enumerate(repos)):
+            conn.execute(insert(Repository), rows)
+        links = (
+            {"repository_id": r + 1, "blob_id": b + 1} for r in range(len(repos)) for b in (0, 1)
+        )
+        for rows in chunked(links):
+            conn.execute(insert(RepositoryBlob), rows)
+        manifest = {
+            "digest": sha(body),
+            "media_type": OCI_MANIFEST,
+            "payload": body,
+            "size": len(body),
+        }
+        for rows in chunked(
+            {"id": r + 1, "repository_id": r + 1, **manifest} for r in range(len(repos))
+        ):
+            conn.execute(insert(Manifest), rows)
+        refs = (
+            {"manifest_id": r + 1, "digest": d, "kind": "blob"}
+            for r in range(len(repos))
+            for d in blobs
+        )
+        for rows in chunked(refs):
+            conn.execute(insert(ManifestReference), rows)
+        tags = [
+            {"repository_id": r + 1, "name": "v1", "manifest_id": r + 1}
+            for r in range(1, len(repos))
+        ]
+        tags += [{"repository_id": 1, "name": tag_name(i), "manifest_id": 1} for i in range(count)]
+        for rows in chunked(iter(tags)):
+            conn.execute(insert(Tag), rows)
+        if conn.dialect.name == "postgresql":
+            for table in ("repository", "blob", "manifest", "tag"):
+                conn.execute(
+                    text(f"SELECT setval('{table}_id_seq', (SELECT max(id) FROM {table}))")
+                )
+    with engine.connect() as conn:  # statistics, as a registry that has been running has
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+    engine.dispose()
+
+
+# ----------------------------------------------------------------------------- the reference
+
+
+def _link(path: Path, digest: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "link").write_text(digest)
+
+
+def fill_reference(data_root: Path, count: int) -> None:
+    """The same content in distribution's filesystem layout (see the top)."""
+    v2 = data_root / "docker" / "registry" / "v2"
+    body = image_manifest()
+    digests = [write_blob(v2, data) for data in (CONFIG, LAYER, body)]
+    manifest_hex = digests[2].split(":", 1)[1]
+
+    def image(repo: str, tags: Iterator[str]) -> None:
+        root = v2 / "repositories" / repo
+        for digest in digests[:2]:
+            _link(root / "_layers" / "sha256" / digest.split(":", 1)[1], digest)
+        _link(root / "_manifests" / "revisions" / "sha256" / manifest_hex, digests[2])
+        for tag in tags:
+            tag_dir = root / "_manifests" / "tags" / tag
+            _link(tag_dir / "current", digests[2])
+            _link(tag_dir / "index" / "sha256" / manifest_hex, digests[2])
+
+    image("bench/base", (tag_name(i) for i in range(count)))
+    for i in range(count):
+        image(repo_name(i), iter(["v1"]))
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def median_ms(request: Callable[[], requests.Response], repeat: int, budget: float = 10.0) -> float:
+    """Median of up to `repeat` timed requests, fewer once `budget` seconds are spent."""
+    request().raise_for_status()  # warm: connection, caches, the first query plan
+    times: list[float] = []
+    spent = time.monotonic()
+    while len(times) < repeat and (len(times) < 3 or time.monotonic() - spent < budget):
+        started = time.perf_counter()
+        response = request()
+        times.append(time.perf_counter() - started)
+        response.raise_for_status()
+    return statistics.median(times) * 1000
+
+
+def measure(url: str, count: int, repeat: int) -> dict[str, float]:
+    session = requests.Session()
+    near_end = max(int(count * 0.99) - 1, 0)
+    tags = f"{url}/v2/bench/base/tags/list"
+    pages = {
+        "catalog page": f"{url}/v2/_catalog?n={PAGE}",
+        "catalog page, near the end": f"{url}/v2/_catalog?n={PAGE}&last={repo_name(near_end)}",
+        "tags page": f"{tags}?n={PAGE}",
+        "tags page, near the end": f"{tags}?n={PAGE}&last={tag_name(near_end)}",
+    }
+    results = {}
+    for figure, page in pages.items():
+        results[figure] = median_ms(lambda page=page: session.get(page, timeout=300), repeat)
+        # A full page (the reference's tags/list ignores n and returns every tag, unsorted).
+        body = session.get(page, timeout=300).json()
+        listed = body.get("repositories", body.get("tags"))
+        expected = min(PAGE, count + 1 if "catalog" in figure else count)
+        assert "end" in figure or len(listed) >= expected, (figure, len(listed))
+    body, new = image_manifest(), iter(range(10**6))
+    headers = {"Content-Type": OCI_MANIFEST}
+
+    def push() -> requests.Response:
+        return session.put(
+            f"{url}/v2/bench/base/manifests/new{next(new)}", data=body, headers=headers
+        )
+
+    results[PUSH] = median_ms(push, repeat)
+    return results
+
+
+def listings(target: str, count: int, repeat: int) -> dict[str, float]:
+    workdir = Path(tempfile.mkdtemp(prefix="berth-scale-"))
+    pg_name = None
+    try:
+        started = time.monotonic()
+        if target == "reference":
+            fill_reference(workdir / "data", count)
+            os.sync()
+            server = start_reference(workdir)
+        else:
+            url, pg_name = scratch_database(target.split("-", 1)[1], workdir)
+            fill_berth(url, workdir / "storage", count)
+            os.sync()
+            server = start_berth(workdir, None, url)
+        filled = time.monotonic() - started
+        try:
+            settle(server)
+            results = measure(server.url, count, repeat)
+        finally:
+            server.stop()
+        print(
+            f"  {target} at {count:,}: filled in {filled:.0f} s; "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in results.items()),
+            file=sys.stderr,
+            flush=True,
+        )
+        return results
+    finally:
+        drop_database(pg_name)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- gc at scale
+
+
+def fill_gc(url: str, storage: Path, manifests: int, repos: int) -> None:
+    """manifests images (config + layer of their own, every other one tagged) in repos
+    repositories, plus manifests / 10 linked blobs nothing names; two days old."""
+    old = datetime.now(UTC) - timedelta(days=2)
+    stray = manifests // 10
+    blob_count = 2 * manifests + stray
+    engine = create_engine(engine_url(url))
+    digests = [
+        write_blob(storage, i.to_bytes(8, "big") * 4, old.timestamp()) for i in range(blob_count)
+    ]
+    bodies: list[bytes] = []
+    for m in range(manifests):
+        config, layer = digests[2 * m], digests[2 * m + 1]
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config,
+                "size": 32,
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 32}
+            ],
+        }
+        bodies.append(json.dumps(doc).encode())
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Repository),
+            [{"id": r + 1, "name": repo_name(r), "created_at": old} for r in range(repos)],
+        )
+        for rows in chunked(
+            {"id": i + 1, "digest": d, "size": 32, "created_at": old} for i, d in enumerate(digests)
+        ):
+            conn.execute(insert(Blob), rows)
+        # Blob i belongs to manifest i // 2 (the stray ones to repositories in turn).
+        links = (
+            {"repository_id": (i // 2) % repos + 1, "blob_id": i + 1, "created_at": old}
+            for i in range(blob_count)
+        )
+        for rows in chunked(links):
+            conn.execute(insert(RepositoryBlob), rows)
+        rows_m = (
+            {
+                "id": m + 1,
+                "repository_id": m % repos + 1,
+                "digest": sha(body),
+                "media_type": OCI_MANIFEST,
+                "payload": body,
+                "size": len(body),
+                "created_at": old,
+            }
+            for m, body in enumerate(bodies)
+        )
+        for rows in chunked(rows_m):
+            conn.execute(insert(Manifest), rows)
+        refs = (
+            {"manifest_id": m + 1, "digest": digests[2 * m + k], "kind": "blob"}
+            for m in range(manifests)
+            for k in (0, 1)
+        )
+        for rows in chunked(refs):
+            conn.execute(insert(ManifestReference), rows)
+        tags = (
+            {"repository_id": m % repos + 1, "name": f"v{m}", "manifest_id": m + 1}
+            for m in range(0, manifests, 2)
+        )
+        for rows in chunked(tags):
+            conn.execute(insert(Tag), rows)
+        if conn.dialect.name == "postgresql":
+            for table in ("repository", "blob", "manifest", "tag"):
+                conn.execute(
+                    text(f"SELECT setval('{table}_id_seq', (SELECT max(id) FROM {table}))")
+                )
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+    engine.dispose()
+
+
+def timed_gc(url: str, storage: Path, args: list[str]) -> tuple[float, float, str]:
+    """`berth gc ARGS` in its own process: (seconds, its peak RSS in MiB, its summary line)."""
+    env = {**os.environ, "BERTH_DATABASE_URL": url, "BERTH_STORAGE_ROOT": str(storage)}
+    env.pop("BERTH_CONFIG", None)
+    berth = str(Path(sys.executable).parent / "berth")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [berth, "gc", "--grace", "1h", *args], env=env, stdout=out, stderr=err
+        )
+        # wait4: the rusage of that one process (ru_maxrss, KiB on Linux).
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"berth gc {args} failed: {err.read().decode()[-2000:]}")
+        return seconds, usage.ru_maxrss / 1024, out.read().decode().strip()
+
+
+def gc_at_scale(manifests: int, repos: int) -> dict[str, tuple[float, float, str]]:
+    results = {}
+    for label, args in (("berth gc", []), ("berth gc --delete-untagged", ["--delete-untagged"])):
+        workdir = Path(tempfile.mkdtemp(prefix="berth-scale-gc-"))
+        url, pg_name = scratch_database("postgresql", workdir)
+        try:
+            started = time.monotonic()
+            fill_gc(url, workdir / "storage", manifests, repos)
+            filled = time.monotonic() - started
+            os.sync()
+            results[label] = seconds, peak, summary = timed_gc(url, workdir / "storage", args)
+            print(
+                f"  {label} at {manifests:,} manifests: filled in {filled:.0f} s; {seconds:.1f} s,"
+                f" peak RSS {peak:.0f} MiB: {summary}",
+                file=sys.stderr,
+                flush=True,
+            )
+        finally:
+            drop_database(pg_name)
+            shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+# ----------------------------------------------------------------------------- the entry
+
+
+def run(
+    quick: bool = False,
+    sizes: list[int] | None = None,
+    targets: tuple[str, ...] = TARGETS,
+    gc: bool = True,
+    gc_manifests: int | None = None,
+    repeat: int | None = None,
+) -> dict[str, Any]:
+    """Every figure: {"listings": {target: {size: {figure: ms}}}, "gc": {label: (s, MiB, line)}}.
+    What bench/registry_bench.py calls; `table(run(...))` is the markdown."""
+    sizes = sizes or ([50, 200] if quick else [1_000, 10_000, 100_000])
+    repeat = repeat or (5 if quick else 30)
+    results: dict[str, Any] = {"listings": {}, "gc": {}, "sizes": sizes}
+    for target in targets:
+        results["listings"][target] = {n: listings(target, n, repeat) for n in sizes}
+    if gc:
+        manifests = gc_manifests or (200 if quick else 100_000)
+        results["gc"] = gc_at_scale(manifests, max(manifests // 100, 2))
+        results["gc_manifests"] = manifests
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    sizes = results["sizes"]
+    lines = [
+        "| figure | target | "
+        + " | ".join(f"{n:,}" for n in sizes)
+        + f" | {sizes[-1]:,} / {sizes[0]:,} |",
+        "|---|---|" + "---:|" * (len(sizes) + 1),
+    ]
+    for figure in (*FIGURES, PUSH):
+        for target, by_size in results["listings"].items():
+            times = [by_size[n][figure] for n in sizes]
+            lines.append(
+                f"| {figure} | {target} | "
+                + " | ".join(f"{t:.1f} ms" for t in times)
+                + f" | {times[-1] / times[0]:.2f}x |"
+            )
+    if results["gc"]:
+        lines += [
+            "",
+            f"| {results['gc_manifests']:,} manifests, PostgreSQL | seconds | peak RSS |",
+            "|---|---:|---:|",
+        ]
+        for label, (seconds, peak, _summary) in results["gc"].items():
+            lines.append(f"| `{label}` | {seconds:.1f} | {peak:.0f} MiB |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
+    parser.add_argument("--sizes", default=None, help="comma-separated, e.g. 1000,10000,100000")
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"of {','.join(TARGETS)}")
+    parser.add_argument("--no-gc", action="store_true", help="listings only")
+    parser.add_argument("--no-listings", action="store_true", help="gc only")
+    parser.add_argument("--gc-manifests", type=int, default=None)
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+    targets = () if args.no_listings else tuple(t for t in args.targets.split(",") if t)
+    if "reference" in targets and not shutil.which("docker-registry"):
+        sys.exit("docker-registry is needed: apt-get install docker-registry")
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
+    started = time.monotonic()
+    results = run(args.quick, sizes, targets, not args.no_gc, args.gc_manifests)
+    report = table(results)
+    print(report)
+    print(f"\n(run took {time.monotonic() - started:.0f} s)")
+    if args.markdown:
+        args.markdown.write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -200,6 +200,7 @@ def collect(reg: Context, options: GcOptions, progress: Progress | None = None) 
 
     with reg.db.scratch() as conn:
         read = _Reader(conn)
+        read(queries.no_jit)
         total, tagged = read(queries.manifest_counts)
         kept = read(queries.mark, cutoff) if marked else total
         doomed = read(queries.count_unkept) if marked else 0

@@ -26,6 +26,7 @@ tags/list, and a manifest PUT under a new tag into the repository holding N tags
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -215,19 +216,23 @@ def fill_reference(data_root: Path, count: int) -> None:
     digests = [write_blob(v2, data) for data in (CONFIG, LAYER, body)]
     manifest_hex = digests[2].split(":", 1)[1]
 
-    def image(repo: str, tags: Iterator[str]) -> None:
+    def repository(repo: str) -> Path:
         root = v2 / "repositories" / repo
         for digest in digests[:2]:
             _link(root / "_layers" / "sha256" / digest.split(":", 1)[1], digest)
         _link(root / "_manifests" / "revisions" / "sha256" / manifest_hex, digests[2])
-        for tag in tags:
-            tag_dir = root / "_manifests" / "tags" / tag
-            _link(tag_dir / "current", digests[2])
-            _link(tag_dir / "index" / "sha256" / manifest_hex, digests[2])
+        return root
 
-    image("bench/base", (tag_name(i) for i in range(count)))
-    for i in range(count):
-        image(repo_name(i), iter(["v1"]))
+    def tag(root: Path, name: str) -> None:
+        tag_dir = root / "_manifests" / "tags" / name
+        _link(tag_dir / "current", digests[2])
+        _link(tag_dir / "index" / "sha256" / manifest_hex, digests[2])
+
+    base = repository("bench/base")
+    # Threads: the writes wait on the filesystem, not on the GIL.
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: tag(base, tag_name(i)), range(count), chunksize=500))
+        list(pool.map(lambda i: tag(repository(repo_name(i)), "v1"), range(count), chunksize=500))
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -318,9 +323,15 @@ def fill_gc(url: str, storage: Path, manifests: int, repos: int) -> None:
     stray = manifests // 10
     blob_count = 2 * manifests + stray
     engine = create_engine(engine_url(url))
-    digests = [
-        write_blob(storage, i.to_bytes(8, "big") * 4, old.timestamp()) for i in range(blob_count)
-    ]
+    # Threads: the writes wait on the filesystem, not on the GIL.
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        digests = list(
+            pool.map(
+                lambda i: write_blob(storage, i.to_bytes(8, "big") * 4, old.timestamp()),
+                range(blob_count),
+                chunksize=1000,
+            )
+        )
     bodies: list[bytes] = []
     for m in range(manifests):
         config, layer = digests[2 * m], digests[2 * m + 1]

@@ -32,6 +32,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -429,9 +430,23 @@ def fill_gc(url: str, storage: Path, manifests: int, repos: int) -> None:
     engine.dispose()
 
 
-def timed_gc(url: str, storage: Path, args: list[str]) -> tuple[float, float, str]:
+def peak_rss_mib(pid: int) -> float | None:
+    """The process's own high-water RSS (VmHWM). Not wait4's ru_maxrss: after a fork and
+    exec that still counts the parent's RSS at the fork, here the whole data set's."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return int(match.group(1)) / 1024 if match else None
+
+
+def timed_gc(
+    url: str, storage: Path, args: list[str], env: dict[str, str] | None = None
+) -> tuple[float, float, str]:
     """`berth gc ARGS` in its own process: (seconds, its peak RSS in MiB, its summary line)."""
-    env = {**os.environ, "BERTH_DATABASE_URL": url, "BERTH_STORAGE_ROOT": str(storage)}
+    env = {**os.environ, **(env or {}), "BERTH_DATABASE_URL": url}
+    env["BERTH_STORAGE_ROOT"] = str(storage)
     env.pop("BERTH_CONFIG", None)
     berth = str(Path(sys.executable).parent / "berth")
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -439,15 +454,16 @@ def timed_gc(url: str, storage: Path, args: list[str]) -> tuple[float, float, st
         proc = subprocess.Popen(
             [berth, "gc", "--grace", "1h", *args], env=env, stdout=out, stderr=err
         )
-        # wait4: the rusage of that one process (ru_maxrss, KiB on Linux).
-        _pid, status, usage = os.wait4(proc.pid, 0)
+        peak = 0.0
+        while proc.poll() is None:  # VmHWM only grows: the last reading is the peak
+            peak = max(peak, peak_rss_mib(proc.pid) or 0.0)
+            time.sleep(0.02)
         seconds = time.monotonic() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         if proc.returncode != 0:
             raise RuntimeError(f"berth gc {args} failed: {err.read().decode()[-2000:]}")
-        return seconds, usage.ru_maxrss / 1024, out.read().decode().strip()
+        return seconds, peak, out.read().decode().strip()
 
 
 def gc_at_scale(manifests: int, repos: int) -> dict[str, tuple[float, float, str]]:

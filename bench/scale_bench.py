@@ -3,7 +3,7 @@ and 100,000 repositories / tags, for Berth (SQLite, PostgreSQL) and the referenc
 `berth gc` and `berth gc --delete-untagged` at 100,000 manifests on PostgreSQL, timed, with
 their peak RSS.
 
-    .venv/bin/python bench/scale_bench.py               # full run (~25 minutes on 2 cores)
+    .venv/bin/python bench/scale_bench.py               # full run (~70 min on a loaded 2-core VM)
     .venv/bin/python bench/scale_bench.py --quick       # tiny sizes: checks the script works
     .venv/bin/python bench/scale_bench.py --sizes 1000,10000 --targets berth-sqlite --no-gc
 

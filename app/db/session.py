@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.expression import Executable
@@ -126,6 +126,17 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def scratch(self) -> Iterator[Connection]:
+        """A connection of its own, for a long job's temporary tables (gc's mark). Closed at
+        the end rather than pooled, so that its tables go with it whatever happened."""
+        connection = self.engine.connect()
+        try:
+            yield connection
+        finally:
+            connection.invalidate()
+            connection.close()
 
     def rows(
         self, statement: Executable, params: Mapping[str, Any] | None = None

@@ -5,10 +5,13 @@ repositories nobody pulled for longer than their retention) lose their tags, man
 links, each in its own transaction that asks the rule again; their blobs are then garbage
 like any other, for the steps below.
 
-Mark (one read of the metadata, no payloads): the roots are the tagged manifests and every
-manifest younger than the grace period; from a kept manifest, its child manifests (an index's
-`manifests`) and its referrers (manifests whose `subject` it is) are kept, and the blobs it
-names. Without `delete_untagged` every manifest is a root, so only blobs nothing names go.
+Mark, in the database: the roots are the tagged manifests and every manifest younger than
+the grace period; from a kept manifest, its child manifests (an index's `manifests`) and its
+referrers (manifests whose `subject` it is) are kept, and the blobs it names. The kept ids go
+into a temporary table of gc's own connection, a step of the walk per statement, and each
+sweep reads its candidates against it in keyset batches: gc's memory does not grow with the
+registry. Without `delete_untagged` every manifest is a root, so only blobs nothing names go
+(and there is nothing to mark).
 
 Sweep, in short batches, each its own transaction:
 1. manifests not kept (parents and subjects before the manifests they point at);
@@ -28,12 +31,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, TypeVar
+from itertools import islice
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -42,7 +46,6 @@ from app.errors import DigestInvalid
 from app.notifications import events
 from app.registry import paths, queries, uploads
 from app.registry.context import Context
-from app.registry.queries import ManifestGraph
 from app.registry.references import Digest
 from app.storage import PathNotFound
 
@@ -50,6 +53,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 @dataclass(frozen=True)
@@ -100,14 +104,20 @@ class _Ticker:
         if self._sink is not None:
             self._sink(f"gc: {message}")
 
-    def tick(self, phase: str, done: int, total: int) -> None:
+    def tick(self, phase: str, done: int, total: int | None = None) -> None:
         if time.monotonic() - self._last >= self._every:
-            self.line(f"{phase}: {done}/{total}")
+            self.line(f"{phase}: {done}/{total}" if total is not None else f"{phase}: {done}")
 
 
 def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
 
 
 def retrying(work: Callable[[], _T], attempts: int = 5) -> _T:
@@ -122,59 +132,6 @@ def retrying(work: Callable[[], _T], attempts: int = 5) -> _T:
             log.warning("gc: batch failed (%s), retrying", exc.orig)
             time.sleep(0.1 * 2**attempt)
     raise AssertionError("unreachable")
-
-
-def _mark(graph: ManifestGraph, delete_untagged: bool) -> set[int]:
-    if not delete_untagged:
-        return set(graph.repo)
-    referrers: dict[tuple[int, str], list[int]] = defaultdict(list)
-    for manifest_id, subject in graph.subject.items():
-        referrers[(graph.repo[manifest_id], subject)].append(manifest_id)
-    kept = (graph.tagged | graph.young) & set(graph.repo)
-    stack = list(kept)
-    while stack:
-        manifest_id = stack.pop()
-        reached = [
-            graph.child(manifest_id, digest)
-            for digest, kind in graph.refs.get(manifest_id, ())
-            if kind == "manifest"
-        ]
-        reached += referrers.get((graph.repo[manifest_id], graph.digest[manifest_id]), [])
-        for other in reached:
-            if other is not None and other not in kept:
-                kept.add(other)
-                stack.append(other)
-    return kept
-
-
-def _deletion_order(graph: ManifestGraph, doomed: set[int]) -> list[list[int]]:
-    """Layers of doomed manifests: an index before its children, a subject before its
-    referrers, since each one's delete re-checks that nothing still points at it."""
-    before: dict[int, list[int]] = defaultdict(list)
-    for manifest_id in doomed:
-        for digest, kind in graph.refs.get(manifest_id, ()):
-            child = graph.child(manifest_id, digest) if kind == "manifest" else None
-            if child in doomed:
-                before[child].append(manifest_id)
-        subject = graph.subject.get(manifest_id)
-        target = graph.child(manifest_id, subject) if subject else None
-        if target in doomed:
-            before[manifest_id].append(target)
-    depth: dict[int, int] = {}
-    for start in doomed:
-        stack = [start]
-        while stack:  # digests make the graph acyclic, so this terminates
-            node = stack[-1]
-            pending = [p for p in before.get(node, ()) if p not in depth]
-            if pending:
-                stack.extend(pending)
-                continue
-            stack.pop()
-            depth[node] = 1 + max((depth[p] for p in before.get(node, ())), default=-1)
-    layers: dict[int, list[int]] = defaultdict(list)
-    for manifest_id in sorted(doomed):
-        layers[depth[manifest_id]].append(manifest_id)
-    return [layers[d] for d in sorted(layers)]
 
 
 def _delete_bytes(reg: Context, session: Session, digests: Iterable[str]) -> set[str]:
@@ -270,6 +227,23 @@ def _expire(
             time.sleep(options.throttle)
 
 
+class _Reader:
+    """Candidate reads on gc's own connection (where the mark lives), each in a short
+    transaction of its own: no snapshot is held while the sweeps delete."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def __call__(
+        self,
+        query: Callable[Concatenate[Connection, _P], _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _T:
+        with self.conn.begin():
+            return query(self.conn, *args, **kwargs)
+
+
 def collect(
     reg: Context,
     options: GcOptions,
@@ -283,6 +257,7 @@ def collect(
     report = GcReport(dry_run=options.dry_run)
     verb = "would delete" if options.dry_run else "deleted"
     cutoff = datetime.now(UTC) - timedelta(seconds=max(options.grace, 0))
+    marked = options.delete_untagged  # else every manifest is kept: nothing to mark
 
     # 0. Repositories past their retention.
     if expiry is not None:
@@ -290,92 +265,57 @@ def collect(
         gone = "would remove" if options.dry_run else "removed"
         ticker.line(f"retention: {gone} {report.repositories} repositories not pulled in time")
 
-    with reg.db.transaction() as session:
-        graph = queries.manifest_graph(session, cutoff)
-    kept = _mark(graph, options.delete_untagged)
-    doomed = set(graph.repo) - kept
-    report.manifests_total, report.manifests_kept = len(graph.repo), len(kept)
-    ticker.line(
-        f"mark: {len(graph.repo)} manifests ({len(graph.tagged)} tagged), {len(kept)} kept,"
-        f" {len(doomed)} to delete"
-    )
+    with reg.db.scratch() as conn:
+        read = _Reader(conn)
+        read(queries.no_jit)
+        total, tagged = read(queries.manifest_counts)
+        kept = read(queries.mark, cutoff) if marked else total
+        doomed = read(queries.count_unkept) if marked else 0
+        report.manifests_total, report.manifests_kept = total, kept
+        ticker.line(f"mark: {total} manifests ({tagged} tagged), {kept} kept, {doomed} to delete")
 
-    # 1. Manifests.
-    if options.dry_run:
-        report.manifests = len(doomed)
-    else:
-        layers = _deletion_order(graph, doomed)
-        done = 0
-        for layer in layers:
-            for batch in _chunks(layer, options.batch_size):
+        # 1. Manifests.
+        if options.dry_run or not marked:
+            report.manifests = doomed
+        else:
+            report.manifests = _sweep_manifests(reg, read, cutoff, options, doomed, ticker)
+        ticker.line(f"manifests: {verb} {report.manifests} of {doomed}")
 
-                def manifests(batch: Sequence[int] = batch) -> int:
+        # 2. Links no kept manifest of their repository names.
+        seen, after = 0, (0, 0)
+        while links := read(queries.unnamed_links, after, cutoff, marked, options.batch_size):
+            after, seen = (links[-1].repository_id, links[-1].blob_id), seen + len(links)
+            if options.dry_run:
+                report.links += len(links)
+            else:
+
+                def unlink(links: list[queries.LinkRow] = links) -> int:
                     with reg.db.transaction(write=True) as session:
-                        locks.exclusive(session, [graph.digest[m] for m in batch])
-                        return queries.delete_unreferenced_manifests(session, batch, cutoff)
+                        locks.exclusive(session, [link.digest for link in links])
+                        pairs = [(link.repository_id, link.blob_id) for link in links]
+                        return queries.delete_unnamed_links(session, pairs, cutoff)
 
-                report.manifests += retrying(manifests)
-                done += len(batch)
-                ticker.tick("manifests", done, len(doomed))
+                report.links += retrying(unlink)
                 if options.throttle:
                     time.sleep(options.throttle)
-    ticker.line(f"manifests: {verb} {report.manifests} of {len(doomed)}")
+            ticker.tick("links", seen)
+        ticker.line(f"links: {verb} {report.links} of {seen}")
 
-    # 2. Links no kept manifest of their repository names.
-    named = {(graph.repo[m], digest) for m in kept for digest, _kind in graph.refs.get(m, ())}
-    named_anywhere = {digest for _repo, digest in named}
-    with reg.db.transaction() as session:
-        links, blobs = queries.links_and_blobs(session)
-    doomed_links = [
-        (link.repository_id, link.blob_id)
-        for link in links
-        if link.created_at < cutoff and (link.repository_id, link.digest) not in named
-    ]
-    if options.dry_run:
-        report.links = len(doomed_links)
-    else:
-        digest_of = {link.blob_id: link.digest for link in links}
-        for done, pairs in enumerate(_chunks(doomed_links, options.batch_size)):
-
-            def unlink(pairs: Sequence[tuple[int, int]] = pairs) -> int:
-                with reg.db.transaction(write=True) as session:
-                    locks.exclusive(session, [digest_of[blob_id] for _r, blob_id in pairs])
-                    return queries.delete_unnamed_links(session, pairs, cutoff)
-
-            report.links += retrying(unlink)
-            ticker.tick(
-                "links", min((done + 1) * options.batch_size, len(doomed_links)), len(doomed_links)
-            )
-            if options.throttle:
-                time.sleep(options.throttle)
-    ticker.line(f"links: {verb} {report.links} of {len(doomed_links)}")
-
-    # 3. Blobs nobody links or names any more.
-    remaining_links: dict[int, int] = defaultdict(int)
-    for link in links:
-        remaining_links[link.blob_id] += 1
-    for _repo, blob_id in doomed_links:
-        remaining_links[blob_id] -= 1
-    doomed_blobs = [
-        (blob.id, blob.size)
-        for blob in blobs
-        if remaining_links[blob.id] <= 0
-        and blob.digest not in named_anywhere
-        and blob.created_at < cutoff
-    ]
-    if options.dry_run:
-        report.blobs = len(doomed_blobs)
-        report.bytes_freed = sum(size for _id, size in doomed_blobs)
-    else:
-        report.blobs, report.bytes_freed = free_blobs(
-            reg,
-            [blob_id for blob_id, _size in doomed_blobs],
-            cutoff,
-            options.batch_size,
-            options.throttle,
-            ticker,
-        )
-    ticker.line(f"blobs: {verb} {report.blobs} of {len(blobs)} ({report.bytes_freed} bytes freed)")
+        # 3. Blobs nobody links (but for links step 2 removed) or names any more.
+        blobs_total = read(queries.count_blobs)
+        seen, after_id = 0, 0
+        while blobs := read(queries.unused_blobs, after_id, cutoff, marked, options.batch_size):
+            after_id, seen = blobs[-1].id, seen + len(blobs)
+            if options.dry_run:
+                report.blobs += len(blobs)
+                report.bytes_freed += sum(blob.size for blob in blobs)
+            else:
+                count, freed = free_blobs(
+                    reg, [blob.id for blob in blobs], cutoff, options.batch_size, options.throttle
+                )
+                report.blobs, report.bytes_freed = report.blobs + count, report.bytes_freed + freed
+            ticker.tick("blobs", seen)
+    ticker.line(f"blobs: {verb} {report.blobs} of {blobs_total} ({report.bytes_freed} bytes freed)")
 
     # 4. Files without a row: what a killed run (or a crashed upload) left behind.
     report.orphans, orphan_bytes = _sweep_orphans(reg, cutoff, options, ticker)
@@ -396,42 +336,79 @@ def collect(
     return report
 
 
+def _sweep_manifests(
+    reg: Context, read: _Reader, cutoff: datetime, options: GcOptions, doomed: int, ticker: _Ticker
+) -> int:
+    """Delete the manifests the mark did not keep, in passes: each delete re-checks that no
+    index and no subject still keeps the manifest, so one whose parent or subject comes
+    later in a pass (an index pushed first, a referrer's subject) goes in the next."""
+    deleted = 0
+    while True:
+        progress, before = 0, None
+        while batch := read(queries.unkept_manifests, before, cutoff, options.batch_size):
+            before = batch[-1][0]
+
+            def manifests(batch: list[tuple[int, str]] = batch) -> int:
+                with reg.db.transaction(write=True) as session:
+                    locks.exclusive(session, [digest for _id, digest in batch])
+                    ids = [manifest_id for manifest_id, _digest in batch]
+                    return queries.delete_unreferenced_manifests(session, ids, cutoff)
+
+            progress += retrying(manifests)
+            ticker.tick("manifests", deleted + progress, doomed)
+            if options.throttle:
+                time.sleep(options.throttle)
+        deleted += progress
+        if not progress:
+            return deleted
+
+
 def _sweep_orphans(
     reg: Context, cutoff: datetime, options: GcOptions, ticker: _Ticker
 ) -> tuple[int, int]:
-    with reg.db.transaction() as session:
-        known = queries.known_digests(session)
-    orphans: list[tuple[str, int]] = []
-    for blob_dir, digest in paths.stored_blobs(reg.driver.list):
-        if digest in known:
-            continue
-        try:
-            info = reg.driver.stat(f"{blob_dir}/data")
-        except PathNotFound:
-            try:
-                info = reg.driver.stat(blob_dir)
-            except PathNotFound:
-                continue
-        # Young files may belong to an upload completing right now: the grace period covers it.
-        if info.mtime < cutoff.timestamp():
-            orphans.append((digest, info.size))
-    if options.dry_run:
-        return len(orphans), sum(size for _d, size in orphans)
+    """Blob files without a row, older than cutoff: storage is walked, and asked about,
+    a batch of digests at a time."""
     count = freed = 0
-    for done, batch in enumerate(_chunks(orphans, options.batch_size)):
+
+    def drop(batch: list[tuple[str, int]]) -> None:
+        nonlocal count, freed
+        if options.dry_run:
+            count, freed = count + len(batch), freed + sum(size for _d, size in batch)
+            return
         sizes = dict(batch)
 
-        def drop(sizes: dict[str, int] = sizes) -> set[str]:
+        def work() -> set[str]:
             with reg.db.transaction(write=True) as session:
                 locks.exclusive(session, sizes)
                 return _delete_bytes(reg, session, sizes)
 
-        gone = retrying(drop)
-        count += len(gone)
-        freed += sum(sizes[d] for d in gone)
-        ticker.tick(
-            "orphaned blob files", min((done + 1) * options.batch_size, len(orphans)), len(orphans)
-        )
+        gone = retrying(work)
+        count, freed = count + len(gone), freed + sum(sizes[d] for d in gone)
+        ticker.tick("orphaned blob files", count)
         if options.throttle:
             time.sleep(options.throttle)
+
+    orphans: list[tuple[str, int]] = []
+    for stored in _batched(paths.stored_blobs(reg.driver.list), options.batch_size):
+        with reg.db.transaction() as session:
+            known = queries.known_digests(session, [digest for _dir, digest in stored])
+        for blob_dir, digest in stored:
+            if digest in known:
+                continue
+            try:
+                info = reg.driver.stat(f"{blob_dir}/data")
+            except PathNotFound:
+                try:
+                    info = reg.driver.stat(blob_dir)
+                except PathNotFound:
+                    continue
+            # Young files may belong to an upload completing right now: the grace period
+            # covers it.
+            if info.mtime < cutoff.timestamp():
+                orphans.append((digest, info.size))
+        if len(orphans) >= options.batch_size:
+            drop(orphans)
+            orphans = []
+    if orphans:
+        drop(orphans)
     return count, freed

@@ -29,13 +29,11 @@ def catalog(
     """Up to `limit` repository names after `last`; with `visible`, only those it admits
     (what the caller may pull), read page by page so that pagination still works."""
     if visible is None:
-        with reg.db.transaction() as session:
-            return queries.repository_names(session, last, limit)
+        return queries.repository_names(reg.db, last, limit)
     found: list[str] = []
     cursor = last
     while len(found) < limit:
-        with reg.db.transaction() as session:
-            page = queries.repository_names(session, cursor, CATALOG_SCAN)
+        page = queries.repository_names(reg.db, cursor, CATALOG_SCAN)
         found += [name for name in page if visible(name)]
         if len(page) < CATALOG_SCAN:
             break

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import RegistryClient, error_codes
+from tests.helpers import RegistryClient, error_codes, sha256
 
 
 @pytest.fixture
@@ -82,3 +82,24 @@ def test_catalog_lists_repositories_with_content(registry: RegistryClient) -> No
     rest = registry.http.get(f"/v2/_catalog?n=10&last={sorted(names)[1]}")
     assert rest.get_json()["repositories"] == sorted(names)[2:]
     assert "Link" not in rest.headers
+
+
+def test_catalog_pages_walk_every_repository_that_holds_something(
+    registry: RegistryClient,
+) -> None:
+    registry.push_image("x/image", "v1")  # manifest and blobs
+    registry.push_blob("x/blob-only", b"a layer, no manifest yet")
+    only_manifest = registry.push_image("x/manifest-only", "v1")
+    for blob in [only_manifest.config, *only_manifest.layers]:
+        assert registry.http.delete(f"/v2/x/manifest-only/blobs/{sha256(blob)}").status_code == 202
+    emptied = registry.push_blob("x/emptied", b"soon gone")
+    assert registry.http.delete(f"/v2/x/emptied/blobs/{emptied}").status_code == 202
+
+    seen, url = [], "/v2/_catalog?n=1"
+    while url:  # one repository a page: every page starts after the last one seen
+        response = registry.http.get(url)
+        seen += response.get_json()["repositories"]
+        link = response.headers.get("Link")
+        url = link[1 : link.index(">")] if link else ""
+
+    assert seen == ["x/blob-only", "x/image", "x/manifest-only"]

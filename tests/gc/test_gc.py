@@ -349,3 +349,50 @@ def test_cli_gc_and_repo_delete(
         main, ["repo", "delete", "team/b"], env={**env, "BERTH_DELETE_ENABLED": "false"}
     )
     assert result.exit_code == 1 and "UNSUPPORTED" in result.output
+
+
+def test_small_batches_sweep_the_same_garbage_across_batch_boundaries(
+    registry: RegistryClient, app: Flask, database_url: str, storage_root: Path
+) -> None:
+    # Two rows per batch: every sweep crosses many batch boundaries, and the manifests'
+    # order forces a second pass (a referrer is met before its doomed subject).
+    kept = [registry.push_image("team/a", "v1")]
+    amd64, arm64 = registry.push_image("team/a"), registry.push_image("team/a")
+    signature = referrer(registry, "team/a", amd64.manifest)  # of a kept child: kept
+    old_children = [registry.push_image("team/a"), registry.push_image("team/a")]
+    old_index = registry.push_index("team/a", "multi", old_children)
+    registry.push_index("team/a", "multi", [amd64, arm64])  # the tag moves on
+    kept += [amd64, arm64]
+    untagged = [registry.push_image(repo) for repo in ["team/a", "team/b"] * 2 + ["team/a"]]
+    doomed_signature = referrer(registry, "team/b", untagged[1].manifest)
+    strays = [registry.push_blob("team/b", os.urandom(100 + i)) for i in range(3)]
+    orphans = [os.urandom(20 + i) for i in range(3)]
+    for data in orphans:
+        blob_file(storage_root, sha256(data)).parent.mkdir(parents=True)
+        blob_file(storage_root, sha256(data)).write_bytes(data)
+    age_everything(database_url, storage_root, 2 * HOUR)
+    doomed = [*old_children, *untagged]
+
+    dry = run_gc(app, dry_run=True, delete_untagged=True, grace=3600, batch_size=2)
+    real = run_gc(app, delete_untagged=True, grace=3600, batch_size=2)
+
+    # 2 old children + their index + 5 untagged + 1 signature; 3 blobs an image, the
+    # signature's payload and the strays; its "{}" config stays (the kept signature's too)
+    # but not its link in team/b.
+    expected = (9, 7 * 3 + 2 + 3, 7 * 3 + 1 + 3, 3)
+    assert (dry.manifests, dry.links, dry.blobs, dry.orphans) == expected
+    assert (real.manifests, real.links, real.blobs, real.orphans) == expected
+    assert real.bytes_freed == dry.bytes_freed
+    for repo, reference in [("team/a", "v1"), ("team/a", "multi"), ("team/a", signature)]:
+        assert manifest_status(registry, repo, reference) == 200, reference
+    for image in kept:
+        assert manifest_status(registry, "team/a", image.digest) == 200
+        for blob in [image.config, *image.layers]:
+            assert blob_status(registry, "team/a", sha256(blob)) == 200
+    for reference in (old_index, doomed_signature, *(image.digest for image in doomed)):
+        for repo in ("team/a", "team/b"):
+            assert manifest_status(registry, repo, reference) == 404, reference
+    gone = [sha256(b) for image in doomed for b in [image.config, *image.layers]]
+    gone += strays + [sha256(data) for data in orphans]
+    assert not stored_digests(storage_root) & set(gone)
+    assert problems(database_url, storage_root) == []

@@ -49,6 +49,7 @@ from tests.e2e.ocilayout import build_oci_layout  # noqa: E402
 
 MiB = 1024 * 1024
 USER, PASSWORD = "bench", "bench-password"
+SETTLE = 5.0  # seconds between the slow connections being open and the push starting
 
 
 @dataclass
@@ -268,6 +269,9 @@ def run(
     stop = threading.Event()
     prober = threading.Thread(target=probe, args=(target.url, stop, figures, verify), daemon=True)
     prober.start()
+    # The push and pull run once the slow connections are held, not during the burst that
+    # opens them (500 PATCHes each claiming their upload: a write transaction apiece).
+    time.sleep(SETTLE)
     figures.push_loaded, figures.pull_loaded = push_pull(
         target, image, "loaded", creds, workdir / "out"
     )

@@ -683,7 +683,8 @@ def run_many_clients(target: Target, inputs: Inputs) -> dict[str, float]:
     for label, steps in (("16 concurrent pulls", pulls), ("16 concurrent pushes", pushes)):
         merged = many_clients.Recorder()
         for step in steps:
-            merged.latencies.setdefault(step.ops, []).extend(step.recorder.latencies[step.ops])
+            ops = step.recorder.latencies.get(step.ops, [])
+            merged.latencies.setdefault(step.ops, []).extend(ops)
             merged.errors += step.recorder.errors
         results[label] = statistics.median(step.mb_per_s for step in steps)
         results[f"{label} p99"] = merged.percentile_ms(steps[0].ops, 99)

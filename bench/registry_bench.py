@@ -740,6 +740,11 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def clock(began: float) -> str:
+    minutes, seconds = divmod(int(time.monotonic() - began), 60)
+    return f"{minutes:d}:{seconds:02d}"
+
+
 def machine() -> str:
     cpu = "unknown cpu"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -819,11 +824,12 @@ def main() -> None:
                 os.sync()
                 target_dir = workdir / name
                 target_dir.mkdir()
+                phase_began = time.monotonic()
                 target = starters[name](target_dir)
                 try:
                     waited = settle(target)
                     print(
-                        f"{name} ({', '.join(group)}): running at {target.url}"
+                        f"[{clock(began)}] {name} ({', '.join(group)}): running at {target.url}"
                         f" (settled after {waited:.1f} s)",
                         flush=True,
                     )
@@ -834,13 +840,26 @@ def main() -> None:
                 finally:
                     target.stop()
                     os.environ.pop("REQUESTS_CA_BUNDLE", None)
-                    shutil.rmtree(target_dir, ignore_errors=True)
                     shutil.rmtree(workdir / f"pulled-{name}", ignore_errors=True)
-        report = table(results)
-        print(report)
+                    if "single" in group:
+                        # The reference's 10,000 repositories are ~100,000 small files,
+                        # minutes to delete on a busy disk: they go at the end, after the
+                        # table (a few GiB kept meanwhile).
+                        target_dir.rename(workdir / f"done-{len(list(workdir.iterdir()))}")
+                    else:
+                        shutil.rmtree(target_dir, ignore_errors=True)
+                print(
+                    f"[{clock(began)}] {name} ({', '.join(group)}):"
+                    f" {time.monotonic() - phase_began:.0f} s",
+                    flush=True,
+                )
+            # The table so far after each target: a long run stopped half way still says
+            # something.
+            report = table(results)
+            print(report, flush=True)
+            if args.markdown:
+                args.markdown.write_text(f"Machine: {machine()}\n\n{report}\n")
         print(f"took {time.monotonic() - began:.0f} s", flush=True)
-        if args.markdown:
-            args.markdown.write_text(f"Machine: {machine()}\n\n{report}\n")
 
 
 if __name__ == "__main__":

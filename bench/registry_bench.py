@@ -253,7 +253,10 @@ def start_berth_behind_nginx(
     workdir: Path, workers: int | None, database_url: str | None
 ) -> Target:
     """Berth as the deployment sample runs it: blob bytes sent by nginx (X-Accel-Redirect)."""
-    berth = start_berth(workdir, workers, database_url, {"BERTH_BLOB_OFFLOAD": "x-accel-redirect"})
+    # BERTH_FORWARDED_ALLOW_IPS: Berth believes nginx's X-Forwarded-Proto (https Location
+    # headers); main's new setting (no proxy believed by default), ignored by older code.
+    env = {"BERTH_BLOB_OFFLOAD": "x-accel-redirect", "BERTH_FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    berth = start_berth(workdir, workers, database_url, env)
     return behind_nginx(berth, workdir / "storage")
 
 

@@ -4,9 +4,14 @@
     .venv/bin/python bench/registry_bench.py --quick    # tiny sizes: checks the script works
 
 Each target is started fresh on a free port, the same steps run against each, and every
-figure is printed with the ratio Berth / reference ("x" > 1 means Berth is better, for
-times the ratio is inverted so that the same holds). Needs skopeo and wrk (Debian packages)
-and docker-registry for the reference.
+figure is printed with the ratio of a Berth target to its reference ("x" > 1 means Berth is
+better, for times the ratio is inverted so that the same holds): Berth against the
+reference, Berth behind the sample nginx against the reference behind the same nginx (TLS
+on both sides), Berth on PostgreSQL against the reference. Two phases per target, each on
+a freshly started server: the single-client steps, then many clients at once
+(bench/many_clients.py). Needs skopeo, wrk, ab, curl, nginx, openssl (Debian packages),
+docker-registry for the reference and PostgreSQL (BERTH_TEST_POSTGRES, default
+postgres@127.0.0.1:5432) for the berth-pg target.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,11 +43,20 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import many_clients  # noqa: E402
 from tests.e2e.ocilayout import build_oci_layout, layout_differences, read_layout  # noqa: E402
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MiB = 1024 * 1024
 BIG_ROUNDS = 3  # big push and pull: rounds per target, the median kept
+PG_ADMIN = os.environ.get("BERTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+# Each Berth target and the reference it is compared with, in the table's order.
+COMPARISONS = [
+    ("berth", "reference"),
+    ("berth+nginx", "reference+nginx"),
+    ("berth-pg", "reference"),
+]
+TARGETS = ["reference", "berth", "berth-pg", "reference+nginx", "berth+nginx"]
 
 
 # ----------------------------------------------------------------------------- servers
@@ -137,6 +152,8 @@ class Target:
     proc: subprocess.Popen[bytes]
     workdir: Path
     extra_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Run after the processes have stopped (a scratch database dropped, say).
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def host(self) -> str:
@@ -154,6 +171,8 @@ class Target:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for cleanup in self.cleanups:
+            cleanup()
 
 
 def start_reference(workdir: Path) -> Target:
@@ -203,28 +222,78 @@ def start_berth(
     return Target("berth", url, proc, workdir)
 
 
+def behind_nginx(target: Target, storage: Path) -> Target:
+    """target behind the deployment sample, deploy/nginx (TLS, the same settings for every
+    target; storage is where the sample's blob offload location reads files, used only by
+    Berth with BERTH_BLOB_OFFLOAD). Clients trust its CA through REQUESTS_CA_BUNDLE (set
+    here, cleared by main after the target); skopeo skips verification."""
+    from tests.deploy.frontends import gen_certs, start_nginx
+
+    workdir = target.workdir
+    try:
+        # nginx's workers run as nobody: everything they read must be reachable by others.
+        workdir.chmod(0o755)
+        certs = workdir / "certs"
+        gen_certs(certs)
+        no_v1 = f"127.0.0.1:{free_port()}"  # the sample routes v1 clients here; none come
+        proxy_dir = workdir / "nginx"
+        proxy_dir.mkdir()
+        ca = certs / "ca.crt"
+        os.environ["REQUESTS_CA_BUNDLE"] = str(ca)
+        proxy = start_nginx(proxy_dir, certs, target.host, no_v1, storage, ca)
+    except BaseException:
+        target.stop()
+        raise
+    target.name, target.url = f"{target.name}+nginx", proxy.url
+    target.extra_procs.append(proxy.process)
+    return target
+
+
 def start_berth_behind_nginx(
     workdir: Path, workers: int | None, database_url: str | None
 ) -> Target:
-    """The deployment sample: nginx (deploy/nginx, TLS, blob bytes sent by nginx through
-    X-Accel-Redirect) in front of `berth serve`. Clients trust its CA through
-    REQUESTS_CA_BUNDLE (set by main for this target); skopeo skips verification."""
-    from tests.deploy.frontends import gen_certs, start_nginx
+    """Berth as the deployment sample runs it: blob bytes sent by nginx (X-Accel-Redirect)."""
+    # BERTH_FORWARDED_ALLOW_IPS: Berth believes nginx's X-Forwarded-Proto (https Location
+    # headers); main's new setting (no proxy believed by default), ignored by older code.
+    env = {"BERTH_BLOB_OFFLOAD": "x-accel-redirect", "BERTH_FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    berth = start_berth(workdir, workers, database_url, env)
+    return behind_nginx(berth, workdir / "storage")
 
-    # nginx's workers run as nobody: everything they read must be reachable by others.
-    workdir.chmod(0o755)
-    certs = workdir / "certs"
-    gen_certs(certs)
-    berth = start_berth(workdir, workers, database_url, {"BERTH_BLOB_OFFLOAD": "x-accel-redirect"})
-    upstream = berth.url.removeprefix("http://")
-    no_v1 = f"127.0.0.1:{free_port()}"  # the sample routes v1 clients here; none come
-    proxy_dir = workdir / "nginx"
-    proxy_dir.mkdir()
-    ca = certs / "ca.crt"
-    os.environ["REQUESTS_CA_BUNDLE"] = str(ca)
-    proxy = start_nginx(proxy_dir, certs, upstream, no_v1, workdir / "storage", ca)
-    berth.name, berth.url = "berth+nginx", proxy.url
-    berth.extra_procs.append(proxy.process)
+
+def start_reference_behind_nginx(workdir: Path) -> Target:
+    """The reference behind the same nginx: it builds its Location headers from the
+    X-Forwarded-Proto and X-Forwarded-Host the sample sets, and streams blobs itself."""
+    return behind_nginx(start_reference(workdir), workdir / "data")
+
+
+def scratch_database(admin_url: str) -> tuple[str, Callable[[], None]]:
+    """A new, empty PostgreSQL database (berth serve migrates it) and a function dropping it."""
+    from sqlalchemy import create_engine, text
+
+    from app.db.session import engine_url
+
+    admin = create_engine(engine_url(admin_url), isolation_level="AUTOCOMMIT")
+    name = f"berth_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return admin_url.rsplit("/", 1)[0] + "/" + name, drop
+
+
+def start_berth_on_postgres(workdir: Path, workers: int | None, admin_url: str) -> Target:
+    url, drop = scratch_database(admin_url)
+    try:
+        berth = start_berth(workdir, workers, url)
+    except BaseException:
+        drop()
+        raise
+    berth.name = "berth-pg"
+    berth.cleanups.append(drop)
     return berth
 
 
@@ -348,16 +417,41 @@ FIGURES = [
     Figure("peak RSS (largest process)", "MiB", False),
 ]
 
+# Many clients at once (the second phase, on a fresh server): see run_many_clients.
+MIXED_KINDS = ["manifest GET", "layer GET", "layer push", "manifest PUT", "tags list", "catalog"]
+MANY_FIGURES = [
+    Figure("16 concurrent pulls", "MB/s", True),
+    Figure("16 concurrent pulls p99", "ms", False),
+    Figure("16 concurrent pulls errors", "errors", False, noise=0.5),
+    Figure("16 concurrent pushes", "MB/s", True),
+    Figure("16 concurrent pushes p99", "ms", False),
+    Figure("16 concurrent pushes errors", "errors", False, noise=0.5),
+    Figure("server CPU, concurrent pulls and pushes", "s", False),
+    Figure("peak RSS, concurrent pulls and pushes", "MiB", False),
+    Figure("mixed: pulled", "MB/s", True),
+    Figure("mixed: pushed", "MB/s", True),
+    Figure("mixed: listings", "req/s", True),
+    *(Figure(f"mixed: {kind} {q}", "ms", False) for kind in MIXED_KINDS for q in ("p50", "p99")),
+    Figure("mixed: errors", "errors", False, noise=0.5),
+]
+FIGURES += MANY_FIGURES
+
 
 @dataclass
 class Inputs:
     big: Path
     big_bytes: float  # of each round's image; they differ by a few bytes of gzip
+    big_rounds: int
     small_count: int
     blob: bytes
     listing: int
     wrk_seconds: int
     huge: int
+    # Many clients at once.
+    content: many_clients.Content
+    rounds: int  # of the 16 concurrent pulls and of the pushes; the median kept
+    mixed_seconds: float
+    mixed_listing: int  # repositories in the catalog and tags in bench/base while it runs
 
 
 def prepare(workdir: Path, quick: bool) -> Inputs:
@@ -365,7 +459,9 @@ def prepare(workdir: Path, quick: bool) -> Inputs:
     # One image per round, each with its own layers, so that no round finds its blobs
     # already pushed (or skopeo mounting them from another repository).
     sizes = []
-    for r in range(BIG_ROUNDS):
+    # --quick checks that the steps work; one round does that.
+    rounds = 1 if quick else BIG_ROUNDS
+    for r in range(rounds):
         image = build_oci_layout(
             workdir / "big", tag=f"v{r}", layers=4, layer_size=layer, seed=7 + r
         )
@@ -374,11 +470,16 @@ def prepare(workdir: Path, quick: bool) -> Inputs:
     return Inputs(
         big=workdir / "big",
         big_bytes=statistics.median(sizes),
+        big_rounds=rounds,
         small_count=5 if quick else 50,
         blob=os.urandom(256 * 1024 if quick else 64 * MiB),
         listing=50 if quick else 10_000,
         wrk_seconds=1 if quick else 5,
         huge=8 * MiB if quick else 1024 * MiB,
+        content=many_clients.Content(64 * 1024 if quick else 16 * MiB),
+        rounds=1 if quick else 3,
+        mixed_seconds=1 if quick else 60,
+        mixed_listing=20 if quick else 1000,
     )
 
 
@@ -481,7 +582,7 @@ def run_steps(target: Target, inputs: Inputs, workdir: Path) -> dict[str, float]
     # push or pull of 256 MiB lasts about a second and varies by 10-20% from one to the next
     # on this kind of machine: the median of three rounds is kept.
     push_times, pull_times = [], []
-    for r in range(BIG_ROUNDS):
+    for r in range(inputs.big_rounds):
         out = workdir / f"pulled-{target.name}"
         src, dest = f"oci:{inputs.big}:v{r}", f"docker://{host}/bench/big:v{r}"
         push_times.append(timed(partial(skopeo, "copy", "--dest-tls-verify=false", src, dest)))
@@ -553,6 +654,66 @@ def run_steps(target: Target, inputs: Inputs, workdir: Path) -> dict[str, float]
     return results
 
 
+def run_many_clients(target: Target, inputs: Inputs) -> dict[str, float]:
+    """The second phase, on a freshly started server: (a) 16 clients each pulling its own
+    4-layer image at the same moment, (b) 16 clients each pushing a new one, each the median
+    of inputs.rounds rounds for throughput and the p99 of one image's pull or push over all
+    rounds; then (c) a mixed minute of 8 pullers, 4 pushers and 4 listers (tags page and
+    catalog page in turn) in closed loops, with p50/p99 per request type. Errors are counted,
+    never raised: the bench goes on and the table says how many."""
+    url, content = target.url, inputs.content
+    results: dict[str, float] = {}
+    images = [many_clients.make_image(content, f"pull/image{i:02d}", "v1") for i in range(16)]
+    many_clients.push_all(url, content, images)
+    # A catalog of mixed_listing repositories and as many tags in bench/base, so that the
+    # listers read full pages of 100.
+    populate_listings(target, inputs.mixed_listing)
+
+    cpu_before = cpu_seconds(target.pids())
+    pulls = []
+    for _ in range(inputs.rounds):
+        os.sync()
+        pulls.append(many_clients.concurrent_pulls(url, content, images))
+    pushes = []
+    for r in range(inputs.rounds):
+        os.sync()  # the round before's writeback (the reference never fsyncs) not charged here
+        round_images = [
+            many_clients.make_image(content, f"push/image{i:02d}", f"r{r}") for i in range(16)
+        ]
+        pushes.append(many_clients.concurrent_pushes(url, content, round_images))
+    results["server CPU, concurrent pulls and pushes"] = cpu_seconds(target.pids()) - cpu_before
+    results["peak RSS, concurrent pulls and pushes"] = peak_rss_mib(target.pids())[0]
+    for label, steps in (("16 concurrent pulls", pulls), ("16 concurrent pushes", pushes)):
+        merged = many_clients.Recorder()
+        for step in steps:
+            ops = step.recorder.latencies.get(step.ops, [])
+            merged.latencies.setdefault(step.ops, []).extend(ops)
+            merged.errors += step.recorder.errors
+        results[label] = statistics.median(step.mb_per_s for step in steps)
+        results[f"{label} p99"] = merged.percentile_ms(steps[0].ops, 99)
+        results[f"{label} errors"] = len(merged.errors)
+        if merged.errors:
+            print(f"{target.name}: {label}: {merged.errors[:3]}", flush=True)
+
+    os.sync()
+    mixed = many_clients.mixed(url, content, images, ["bench/base"], inputs.mixed_seconds)
+    recorder, seconds = mixed.recorder, mixed.seconds
+    pulled = sum(recorder.moved.get(k, 0) for k in ("manifest GET", "config GET", "layer GET"))
+    pushed = sum(recorder.moved.get(k, 0) for k in ("config push", "layer push", "manifest PUT"))
+    results["mixed: pulled"] = pulled / MiB / seconds
+    results["mixed: pushed"] = pushed / MiB / seconds
+    results["mixed: listings"] = (recorder.count("tags list") + recorder.count("catalog")) / seconds
+    for kind in MIXED_KINDS:
+        results[f"mixed: {kind} p50"] = recorder.percentile_ms(kind, 50)
+        results[f"mixed: {kind} p99"] = recorder.percentile_ms(kind, 99)
+    results["mixed: errors"] = len(recorder.errors)
+    if recorder.errors:
+        print(f"{target.name}: mixed: {recorder.errors[:3]}", flush=True)
+    counts = ", ".join(f"{kind} {recorder.count(kind)}" for kind in MIXED_KINDS)
+    print(f"{target.name}: mixed, {seconds:.1f} s: {counts}", flush=True)
+    return results
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -566,17 +727,25 @@ def ratio(figure: Figure, berth: float, reference: float) -> float:
 
 def table(results: dict[str, dict[str, float]]) -> str:
     names = list(results)
-    berths = [n for n in names if n != "reference"]
+    pairs = [(b, r) for b, r in COMPARISONS if b in results and r in results]
     lines = [
-        "| figure | " + " | ".join(names) + "".join(f" | {n} / reference" for n in berths) + " |",
-        "|---" * (len(names) + len(berths) + 1) + "|",
+        "| figure | " + " | ".join(names) + "".join(f" | {b} / {r}" for b, r in pairs) + " |",
+        "|---" * (len(names) + len(pairs) + 1) + "|",
     ]
     for figure in FIGURES:
+        if not all(figure.name in results[n] for n in names):
+            continue  # a phase left out (--phases)
         cells = [f"{results[n][figure.name]:,.1f} {figure.unit}" for n in names]
-        reference = results["reference"][figure.name]
-        cells += [f"{ratio(figure, results[n][figure.name], reference):.2f}x" for n in berths]
+        for berth, reference in pairs:
+            value = ratio(figure, results[berth][figure.name], results[reference][figure.name])
+            cells.append(f"{value:.2f}x")
         lines.append(f"| {figure.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def clock(began: float) -> str:
+    minutes, seconds = divmod(int(time.monotonic() - began), 60)
+    return f"{minutes:d}:{seconds:02d}"
 
 
 def machine() -> str:
@@ -594,48 +763,106 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     parser.add_argument("--workers", type=int, default=None, help="berth serve --workers")
-    parser.add_argument("--database-url", default=None, help="Berth's database (default SQLite)")
+    parser.add_argument(
+        "--database-url", default=None, help="the berth targets' database (default SQLite)"
+    )
+    parser.add_argument(
+        "--postgres", default=PG_ADMIN, help="PostgreSQL where berth-pg's scratch database is made"
+    )
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated, from {','.join(TARGETS)} (default: all)",
+    )
+    parser.add_argument(
+        "--phases",
+        default="single,many",
+        help="single (one client at a time), many (many clients at once), or both (default)",
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
+    targets = [t for t in args.targets.split(",") if t]
+    phases = [p for p in args.phases.split(",") if p]
+    if set(targets) - set(TARGETS) or set(phases) - {"single", "many"} or not phases:
+        parser.error(f"targets are {', '.join(TARGETS)}; phases are single and many")
     for tool in ("skopeo", "wrk", "ab", "curl", "docker-registry", "nginx", "openssl"):
         if not shutil.which(tool):
             sys.exit(
                 f"{tool} is needed: apt-get install skopeo wrk apache2-utils curl"
                 " docker-registry nginx openssl"
             )
+    if "berth-pg" in targets:
+        try:
+            scratch_database(args.postgres)[1]()
+        except Exception as exc:  # whatever the failure, the advice is the same
+            sys.exit(
+                f"PostgreSQL at {args.postgres} is needed for berth-pg ({exc}); "
+                "or leave it out with --targets"
+            )
 
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
         workdir = Path(tmp)
         workdir.chmod(0o755)  # nginx's workers (nobody) read blob files under it
         print(f"machine: {machine()}", flush=True)
+        began = time.monotonic()
         inputs = prepare(workdir, args.quick)
         results: dict[str, dict[str, float]] = {}
-        starters = {
-            "reference": lambda d: start_reference(d),
+        starters: dict[str, Callable[[Path], Target]] = {
+            "reference": start_reference,
             "berth": lambda d: start_berth(d, args.workers, args.database_url),
+            "berth-pg": lambda d: start_berth_on_postgres(d, args.workers, args.postgres),
+            "reference+nginx": start_reference_behind_nginx,
             "berth+nginx": lambda d: start_berth_behind_nginx(d, args.workers, args.database_url),
         }
-        for name, start in starters.items():
-            # Each server starts on a quiet disk: the one before it (the reference never
-            # fsyncs) may have left a gigabyte of dirty pages that would otherwise be written
-            # back during the next one's run, and counted against it.
-            os.sync()
-            target_dir = workdir / name
-            target_dir.mkdir()
-            target = start(target_dir)
-            try:
-                waited = settle(target)
-                print(f"{name}: running at {target.url} (settled after {waited:.1f} s)", flush=True)
-                results[name] = run_steps(target, inputs, workdir)
-            finally:
-                target.stop()
-                os.environ.pop("REQUESTS_CA_BUNDLE", None)
-                shutil.rmtree(target_dir, ignore_errors=True)
-                shutil.rmtree(workdir / f"pulled-{name}", ignore_errors=True)
-        report = table(results)
-        print(report)
-        if args.markdown:
-            args.markdown.write_text(f"Machine: {machine()}\n\n{report}\n")
+        for name in targets:
+            results[name] = {}
+            # Each phase has a server of its own, started fresh: the single-client figures
+            # (CPU, peak RSS) stay those of the single-client steps alone, and the many
+            # clients meet a server that no gigabyte blob went through. --quick, which
+            # only checks that the steps work, runs both phases on one server.
+            for group in [phases] if args.quick else [[phase] for phase in phases]:
+                # Each server starts on a quiet disk: the one before it (the reference never
+                # fsyncs) may have left a gigabyte of dirty pages that would otherwise be
+                # written back during the next one's run, and counted against it.
+                os.sync()
+                target_dir = workdir / name
+                target_dir.mkdir()
+                phase_began = time.monotonic()
+                target = starters[name](target_dir)
+                try:
+                    waited = settle(target)
+                    print(
+                        f"[{clock(began)}] {name} ({', '.join(group)}): running at {target.url}"
+                        f" (settled after {waited:.1f} s)",
+                        flush=True,
+                    )
+                    if "single" in group:
+                        results[name].update(run_steps(target, inputs, workdir))
+                    if "many" in group:
+                        results[name].update(run_many_clients(target, inputs))
+                finally:
+                    target.stop()
+                    os.environ.pop("REQUESTS_CA_BUNDLE", None)
+                    shutil.rmtree(workdir / f"pulled-{name}", ignore_errors=True)
+                    if "single" in group:
+                        # The reference's 10,000 repositories are ~100,000 small files,
+                        # minutes to delete on a busy disk: they go at the end, after the
+                        # table (a few GiB kept meanwhile).
+                        target_dir.rename(workdir / f"done-{len(list(workdir.iterdir()))}")
+                    else:
+                        shutil.rmtree(target_dir, ignore_errors=True)
+                print(
+                    f"[{clock(began)}] {name} ({', '.join(group)}):"
+                    f" {time.monotonic() - phase_began:.0f} s",
+                    flush=True,
+                )
+            # The table so far after each target: a long run stopped half way still says
+            # something.
+            report = table(results)
+            print(report, flush=True)
+            if args.markdown:
+                args.markdown.write_text(f"Machine: {machine()}\n\n{report}\n")
+        print(f"took {time.monotonic() - began:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

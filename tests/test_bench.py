@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import skip_or_fail
+from sqlalchemy import create_engine, text
+
+from app.db.session import engine_url
+from tests.conftest import PG_ADMIN_URL, skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,6 +20,15 @@ def test_registry_bench_runs_on_a_tiny_input(tmp_path: Path) -> None:
     for tool in ("skopeo", "wrk", "ab", "curl", "docker-registry", "nginx", "openssl"):
         if shutil.which(tool) is None:
             skip_or_fail(f"{tool} is not installed (apt-get install {tool})")
+    # The berth-pg target makes a scratch database there.
+    admin = create_engine(engine_url(PG_ADMIN_URL))
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        skip_or_fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}")
+    finally:
+        admin.dispose()
     table = tmp_path / "table.md"
     done = subprocess.run(
         [
@@ -32,8 +44,22 @@ def test_registry_bench_runs_on_a_tiny_input(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in table.read_text().splitlines() if line.startswith("| ")]
-    # Berth alone and behind the sample nginx, each against the reference.
-    assert "| berth / reference | berth+nginx / reference |" in rows[0]
-    figures = {row.split("|")[1].strip() for row in rows[1:]}
-    assert {"big push", "big pull", "GET manifest by tag", "catalog page", "server CPU"} <= figures
-    assert all(row.rstrip().endswith("x |") for row in rows[1:])
+    # Berth against the reference, both behind the sample nginx, and Berth on PostgreSQL.
+    comparisons = "| berth / reference | berth+nginx / reference+nginx | berth-pg / reference |"
+    assert rows[0].endswith(comparisons), rows[0]
+    figures = {row.split("|")[1].strip(): row for row in rows[1:]}
+    assert {"big push", "big pull", "GET manifest by tag", "catalog page", "server CPU"} <= set(
+        figures
+    )
+    # Many clients at once: throughput, latencies per request type, errors (none expected).
+    assert {
+        "16 concurrent pulls",
+        "16 concurrent pushes p99",
+        "mixed: layer GET p99",
+        "mixed: catalog p50",
+    } <= set(figures)
+    errors = [row for name, row in figures.items() if name.endswith("errors")]
+    assert len(errors) == 3
+    for row in errors:
+        assert row.count("| 0.0 errors ") == 5, row
+    assert all(row.rstrip().endswith("x |") and "nan" not in row for row in rows[1:])

@@ -115,6 +115,21 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
+def pss_mib(pids: list[int]) -> float:
+    """The processes' proportional set size in MiB: a page shared by n of them counts 1/n
+    to each, so the sum is what they hold together (forked workers share most pages)."""
+    total = 0
+    for pid in pids:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        match = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
+        if match:
+            total += int(match.group(1))
+    return total / 1024
+
+
 def peak_rss_mib(pids: list[int]) -> tuple[float, float]:
     """(sum of the processes' peak RSS, the largest single one) in MiB."""
     peaks = []
@@ -415,6 +430,7 @@ FIGURES = [
     Figure("server CPU", "s", False),
     Figure("peak RSS (all processes)", "MiB", False),
     Figure("peak RSS (largest process)", "MiB", False),
+    Figure("PSS after the steps (all processes)", "MiB", False),
 ]
 
 # Many clients at once (the second phase, on a fresh server): see run_many_clients.
@@ -651,6 +667,7 @@ def run_steps(target: Target, inputs: Inputs, workdir: Path) -> dict[str, float]
     pids = target.pids()
     results["server CPU"] = cpu_seconds(pids)
     results["peak RSS (all processes)"], results["peak RSS (largest process)"] = peak_rss_mib(pids)
+    results["PSS after the steps (all processes)"] = pss_mib(pids)
     return results
 
 
@@ -776,15 +793,18 @@ def main() -> None:
     )
     parser.add_argument(
         "--phases",
-        default="single,many",
-        help="single (one client at a time), many (many clients at once), or both (default)",
+        default="single,many,scale",
+        help="single (one client at a time), many (many clients at once), scale (listings"
+        " and gc at 1,000 to 100,000: bench/scale_bench.py); default all three",
     )
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
     targets = [t for t in args.targets.split(",") if t]
     phases = [p for p in args.phases.split(",") if p]
-    if set(targets) - set(TARGETS) or set(phases) - {"single", "many"} or not phases:
-        parser.error(f"targets are {', '.join(TARGETS)}; phases are single and many")
+    if set(targets) - set(TARGETS) or set(phases) - {"single", "many", "scale"} or not phases:
+        parser.error(f"targets are {', '.join(TARGETS)}; phases are single, many and scale")
+    scale = "scale" in phases
+    phases = [p for p in phases if p != "scale"]  # scale_bench starts servers of its own
     for tool in ("skopeo", "wrk", "ab", "curl", "docker-registry", "nginx", "openssl"):
         if not shutil.which(tool):
             sys.exit(
@@ -814,7 +834,7 @@ def main() -> None:
             "reference+nginx": start_reference_behind_nginx,
             "berth+nginx": lambda d: start_berth_behind_nginx(d, args.workers, args.database_url),
         }
-        for name in targets:
+        for name in targets if phases else []:
             results[name] = {}
             # Each phase has a server of its own, started fresh: the single-client figures
             # (CPU, peak RSS) stay those of the single-client steps alone, and the many
@@ -862,6 +882,15 @@ def main() -> None:
             print(report, flush=True)
             if args.markdown:
                 args.markdown.write_text(f"Machine: {machine()}\n\n{report}\n")
+        if scale:
+            # Imported here: scale_bench imports this module (bench/ is on sys.path).
+            import scale_bench
+
+            scale_report = scale_bench.table(scale_bench.run(quick=args.quick))
+            print(scale_report, flush=True)
+            if args.markdown:
+                with args.markdown.open("a") as out:
+                    out.write(f"\n{scale_report}\n")
         print(f"took {time.monotonic() - began:.0f} s", flush=True)
 
 

@@ -74,11 +74,11 @@ def pre_fork(server: Any, worker: Any) -> None:
     in a worker would otherwise write to every one of them (their GC headers), and each
     page it touched would be copied into that worker."""
     global _warmed
-    if not _warmed:
+    if not _warmed:  # once, before the first fork; the master makes little after that
         _warmed = True
         _warm_up(server.app.wsgi())
-    gc.collect()
-    gc.freeze()
+        gc.collect()
+        gc.freeze()
 
 
 def _warm_up(app: Any) -> None:

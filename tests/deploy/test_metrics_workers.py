@@ -39,7 +39,10 @@ def test_counts_survive_workers_and_add_up_across_them(
     berth_server_factory: StartServer,
 ) -> None:
     server = berth_server_factory()  # two workers
-    workers = _workers(server)
+    # The first worker may answer before the master has forked the second.
+    deadline = time.monotonic() + 30
+    while len(workers := _workers(server)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert len(workers) == 2
 
     # Several connections at once, so both workers answer some.

@@ -168,7 +168,12 @@ def tls_registry(
     try:
         berth = auth_server(
             getattr(request, "param", "basic"),
-            env={"BERTH_BLOB_OFFLOAD": "x-accel-redirect"},
+            # The sample's nginx is the one proxy believed (its X-Forwarded-Proto makes
+            # the token realm https).
+            env={
+                "BERTH_BLOB_OFFLOAD": "x-accel-redirect",
+                "BERTH_FORWARDED_ALLOW_IPS": "127.0.0.1",
+            },
             storage_root=storage / "s",
         )
         proxy = start_nginx(

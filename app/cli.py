@@ -63,6 +63,11 @@ def serve(bind: str, workers: int | None) -> None:
     workers = workers or min(2 * (os.cpu_count() or 1) + 1, 8)
     for name, value in _MALLOC_TUNING.items():
         os.environ.setdefault(name, value)
+    # Before gunicorn loads the app in its master (preload_app), which imports
+    # prometheus_client: the workers' shared metrics directory (app/metrics.py).
+    from app import metrics
+
+    metrics.prepare_multiprocess_dir()
     conf = Path(__file__).with_name("gunicorn_conf.py")
     argv = [
         sys.executable, "-m", "gunicorn",

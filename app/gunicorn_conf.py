@@ -22,8 +22,8 @@ _settings = load_settings()
 # worker holding its own copy. Measured in docs/performance.md (memory).
 preload_app = True
 # prometheus_client picks its value store when first imported, which preloading does in
-# the master: the shared directory must be there before (app/metrics.py).
-metrics.prepare_multiprocess_dir()
+# the master: `berth serve` prepares the shared directory before it starts gunicorn
+# (app/metrics.py), not this module, which tests import too.
 worker_class = _settings.worker_class
 threads = _settings.threads
 # Uploads stream for as long as they take; the timeout only catches a wedged worker loop.

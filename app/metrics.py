@@ -2,8 +2,8 @@
 request and upload durations. Correct with several gunicorn workers (multiprocess mode).
 
 prometheus_client chooses where values live (process memory, or one mmap file per process
-under PROMETHEUS_MULTIPROC_DIR) when it is first imported. The gunicorn master prepares that
-directory when it reads gunicorn_conf, before it loads the app, so this module imports
+under PROMETHEUS_MULTIPROC_DIR) when it is first imported. `berth serve` prepares that
+directory before it starts gunicorn (whose master loads the app), so this module imports
 prometheus_client only inside functions, never at import time.
 """
 

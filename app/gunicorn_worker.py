@@ -30,6 +30,7 @@ import functools
 import select
 import selectors
 import socket
+import ssl
 import threading
 import time
 from concurrent import futures
@@ -220,19 +221,26 @@ class _WatchedSocket:
         self._worker = worker
 
     def recv(self, size: int) -> bytes:
-        if not _readable(self._sock, 0):
-            worker = self._worker
-            wait = worker.body_timeout
-            bound = self._sock.gettimeout()  # gunicorn's drain of an unread body sets one
-            if bound is not None:
-                wait = min(wait, bound)
-            worker.started_waiting()
+        sock = self._sock
+        bound = sock.gettimeout()  # gunicorn's drain of an unread body sets one
+        if bound is None and not isinstance(sock, ssl.SSLSocket):
+            # Most reads find bytes there already: one try that does not wait, rather than
+            # a poll before every recv (a streamed PATCH went at ~2/3 of plain gthread's pace).
             try:
-                if not _readable(self._sock, wait):
-                    raise BodyTimeout(f"no request bytes for {wait:g} s")
-            finally:
-                worker.waiting.add(-1)
-        return self._sock.recv(size)
+                return sock.recv(size, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+        elif _readable(sock, 0):
+            return sock.recv(size)
+        worker = self._worker
+        wait = worker.body_timeout if bound is None else min(worker.body_timeout, bound)
+        worker.started_waiting()
+        try:
+            if not _readable(sock, wait):
+                raise BodyTimeout(f"no request bytes for {wait:g} s")
+        finally:
+            worker.waiting.add(-1)
+        return sock.recv(size)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

@@ -88,6 +88,23 @@ def _patch_head(path: str, length: int) -> bytes:
     ).encode()
 
 
+def _answer(sock: socket.socket) -> bytes:
+    """One whole HTTP answer: head, then as many body bytes as its Content-Length says (the
+    server may send the two in separate writes)."""
+    data = b""
+    while b"\r\n\r\n" not in data and (more := sock.recv(4096)):
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+         if line.lower().startswith(b"content-length:")),
+        0,
+    )  # fmt: skip
+    while len(body) < length and (more := sock.recv(4096)):
+        body += more
+    return head + b"\r\n\r\n" + body
+
+
 @pytest.fixture
 def body_server(berth_server_factory: StartServer):  # type: ignore[no-untyped-def]
     return berth_server_factory(env={"BERTH_REQUEST_BODY_TIMEOUT": "3s"}, name="body")
@@ -137,7 +154,7 @@ def test_stalled_body_is_given_up(body_server) -> None:  # type: ignore[no-untyp
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(_patch_head(location, 10) + b"def")
         started = time.monotonic()
-        answer = sock.recv(4096)
+        answer = _answer(sock)
         waited = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"BLOB_UPLOAD_INVALID" in answer

@@ -26,7 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,6 +34,8 @@ from sqlalchemy import create_engine, insert, select, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.scratch import postgres_database  # noqa: E402
 
 from app.config import load_settings  # noqa: E402
 from app.context import Registry  # noqa: E402
@@ -51,7 +53,6 @@ from app.registry import paths  # noqa: E402
 from app.registry.gc import GcOptions, GcReport, collect  # noqa: E402
 from app.registry.references import Digest  # noqa: E402
 
-PG_ADMIN = os.environ.get("BERTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 BLOB_BYTES = 64  # small files: the cost measured is metadata and unlink, not disk bandwidth
 
@@ -139,27 +140,15 @@ def build(database_url: str, storage: Path, manifests: int, blobs: int, repos: i
     engine.dispose()
 
 
-def fresh_database(kind: str, workdir: Path) -> tuple[str, str | None]:
+def fresh_database(kind: str, workdir: Path) -> tuple[str, Callable[[], None]]:
     if kind == "sqlite":
-        return f"sqlite:///{workdir / 'bench.db'}", None
-    name = f"berth_gcbench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(engine_url(PG_ADMIN), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name, name
-
-
-def drop_database(name: str) -> None:
-    admin = create_engine(engine_url(PG_ADMIN), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+        return f"sqlite:///{workdir / 'bench.db'}", lambda: None
+    return postgres_database("berth_gcbench")
 
 
 def timed_run(kind: str, args: argparse.Namespace, options: GcOptions) -> tuple[float, GcReport]:
     workdir = Path(tempfile.mkdtemp(prefix="berth-gcbench-"))
-    url, pg_name = fresh_database(kind, workdir)
+    url, drop = fresh_database(kind, workdir)
     try:
         upgrade(url)
         started = time.monotonic()
@@ -179,8 +168,7 @@ def timed_run(kind: str, args: argparse.Namespace, options: GcOptions) -> tuple[
         print(f"  ({kind}: data set built in {built:.1f}s; {left} blobs left)", file=sys.stderr)
         return report.seconds, report
     finally:
-        if pg_name:
-            drop_database(pg_name)
+        drop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,13 +42,14 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.scratch import PG_ADMIN, postgres_database  # noqa: E402
+
 from bench import many_clients  # noqa: E402
 from tests.e2e.ocilayout import build_oci_layout, layout_differences, read_layout  # noqa: E402
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MiB = 1024 * 1024
 BIG_ROUNDS = 3  # big push and pull: rounds per target, the median kept
-PG_ADMIN = os.environ.get("BERTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Each Berth target and the reference it is compared with, in the table's order.
 COMPARISONS = [
     ("berth", "reference"),
@@ -281,27 +281,8 @@ def start_reference_behind_nginx(workdir: Path) -> Target:
     return behind_nginx(start_reference(workdir), workdir / "data")
 
 
-def scratch_database(admin_url: str) -> tuple[str, Callable[[], None]]:
-    """A new, empty PostgreSQL database (berth serve migrates it) and a function dropping it."""
-    from sqlalchemy import create_engine, text
-
-    from app.db.session import engine_url
-
-    admin = create_engine(engine_url(admin_url), isolation_level="AUTOCOMMIT")
-    name = f"berth_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return admin_url.rsplit("/", 1)[0] + "/" + name, drop
-
-
 def start_berth_on_postgres(workdir: Path, workers: int | None, admin_url: str) -> Target:
-    url, drop = scratch_database(admin_url)
+    url, drop = postgres_database(admin_url=admin_url)
     try:
         berth = start_berth(workdir, workers, url)
     except BaseException:
@@ -813,7 +794,7 @@ def main() -> None:
             )
     if "berth-pg" in targets:
         try:
-            scratch_database(args.postgres)[1]()
+            postgres_database(admin_url=args.postgres)[1]()
         except Exception as exc:  # whatever the failure, the advice is the same
             sys.exit(
                 f"PostgreSQL at {args.postgres} is needed for berth-pg ({exc}); "

@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,6 +52,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
+from bench.scratch import postgres_database  # noqa: E402
 from registry_bench import settle, start_berth, start_reference  # noqa: E402
 
 from app.db.models import (  # noqa: E402
@@ -68,7 +68,6 @@ from app.migrate import upgrade  # noqa: E402
 from app.registry import paths  # noqa: E402
 from app.registry.references import Digest  # noqa: E402
 
-PG_ADMIN = os.environ.get("BERTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
 LAYER = b"scale bench layer"
@@ -118,28 +117,14 @@ def chunked(rows: Iterator[dict[str, Any]], size: int = CHUNK) -> Iterator[list[
 # ----------------------------------------------------------------------------- databases
 
 
-def scratch_database(kind: str, workdir: Path) -> tuple[str, str | None]:
-    """(url, PostgreSQL database name to drop afterwards), migrated."""
+def scratch_database(kind: str, workdir: Path) -> tuple[str, Callable[[], None]]:
+    """(url, a function dropping the database afterwards), migrated."""
     if kind == "sqlite":
-        url, name = f"sqlite:///{workdir / 'berth.db'}", None
+        url, drop = f"sqlite:///{workdir / 'berth.db'}", lambda: None
     else:
-        name = f"berth_scale_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(engine_url(PG_ADMIN), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+        url, drop = postgres_database("berth_scale")
     upgrade(url)
-    return url, name
-
-
-def drop_database(name: str | None) -> None:
-    if name is None:
-        return
-    admin = create_engine(engine_url(PG_ADMIN), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    return url, drop
 
 
 def write_blob(storage: Path, data: bytes, mtime: float | None = None) -> str:
@@ -300,7 +285,7 @@ def measure(urls: dict[int, str], repeat: int, budget: float = 20.0) -> dict[int
 
 def listings(target: str, sizes: list[int], repeat: int) -> dict[int, dict[str, float]]:
     """Fill a store of each size, start a server on each, and measure them side by side."""
-    servers, pg_names, workdirs = {}, [], []
+    servers, drops, workdirs = {}, [], []
     try:
         for count in sizes:
             workdir = Path(tempfile.mkdtemp(prefix="berth-scale-"))
@@ -311,8 +296,8 @@ def listings(target: str, sizes: list[int], repeat: int) -> dict[int, dict[str, 
                 os.sync()
                 servers[count] = start_reference(workdir)
             else:
-                url, pg_name = scratch_database(target.split("-", 1)[1], workdir)
-                pg_names.append(pg_name)
+                url, drop = scratch_database(target.split("-", 1)[1], workdir)
+                drops.append(drop)
                 fill_berth(url, workdir / "storage", count)
                 os.sync()
                 servers[count] = start_berth(workdir, None, url)
@@ -335,8 +320,8 @@ def listings(target: str, sizes: list[int], repeat: int) -> dict[int, dict[str, 
     finally:
         for server in servers.values():
             server.stop()
-        for name in pg_names:
-            drop_database(name)
+        for drop in drops:
+            drop()
         for workdir in workdirs:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -470,7 +455,7 @@ def gc_at_scale(manifests: int, repos: int) -> dict[str, tuple[float, float, str
     results = {}
     for label, args in (("berth gc", []), ("berth gc --delete-untagged", ["--delete-untagged"])):
         workdir = Path(tempfile.mkdtemp(prefix="berth-scale-gc-"))
-        url, pg_name = scratch_database("postgresql", workdir)
+        url, drop = scratch_database("postgresql", workdir)
         try:
             started = time.monotonic()
             fill_gc(url, workdir / "storage", manifests, repos)
@@ -484,7 +469,7 @@ def gc_at_scale(manifests: int, repos: int) -> dict[str, tuple[float, float, str
                 flush=True,
             )
         finally:
-            drop_database(pg_name)
+            drop()
             shutil.rmtree(workdir, ignore_errors=True)
     return results
 

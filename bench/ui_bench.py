@@ -18,17 +18,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.scratch import postgres_database
 from sqlalchemy import create_engine, insert, text
 
 from app import create_app
@@ -39,7 +38,6 @@ from app.registry import paths
 from app.registry.references import Digest
 from app.storage import create_driver
 
-PG_ADMIN = os.environ.get("BERTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -203,21 +201,6 @@ def measure(url: str, storage: Path, runs: int) -> list[tuple[str, float, float]
     return figures
 
 
-def _scratch_postgres() -> tuple[str, object]:
-    admin = create_engine(engine_url(PG_ADMIN), isolation_level="AUTOCOMMIT")
-    name = f"berth_uibench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name, (admin, name)
-
-
-def _drop_postgres(handle: object) -> None:
-    admin, name = handle  # type: ignore[misc]
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--database", choices=["sqlite", "postgresql", "both"], default="both")
@@ -236,19 +219,18 @@ def main() -> int:
     print("| --- | --- | ---: | ---: |")
     for database in databases:
         with tempfile.TemporaryDirectory(prefix="berth-uibench-") as work:
-            handle = None
-            if database == "sqlite":
-                url = f"sqlite:///{work}/bench.db"
-            else:
-                url, handle = _scratch_postgres()
+            url, drop = (
+                (f"sqlite:///{work}/bench.db", lambda: None)
+                if database == "sqlite"
+                else postgres_database("berth_uibench")
+            )
             try:
                 upgrade(url)
                 build(url, Path(work) / "storage", args.repositories, args.tags)
                 for label, median, worst in measure(url, Path(work) / "storage", args.runs):
                     print(f"| {label} | {database} | {median:.1f} | {worst:.1f} |", flush=True)
             finally:
-                if handle is not None:
-                    _drop_postgres(handle)
+                drop()
     return 0
 
 

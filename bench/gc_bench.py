@@ -35,8 +35,6 @@ from sqlalchemy import create_engine, insert, select, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.scratch import postgres_database  # noqa: E402
-
 from app.config import load_settings  # noqa: E402
 from app.context import Registry  # noqa: E402
 from app.db.models import (  # noqa: E402
@@ -52,6 +50,7 @@ from app.migrate import upgrade  # noqa: E402
 from app.registry import paths  # noqa: E402
 from app.registry.gc import GcOptions, GcReport, collect  # noqa: E402
 from app.registry.references import Digest  # noqa: E402
+from bench.scratch import postgres_database  # noqa: E402
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 BLOB_BYTES = 64  # small files: the cost measured is metadata and unlink, not disk bandwidth

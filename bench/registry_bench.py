@@ -42,9 +42,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.scratch import PG_ADMIN, postgres_database  # noqa: E402
-
 from bench import many_clients  # noqa: E402
+from bench.scratch import PG_ADMIN, postgres_database  # noqa: E402
 from tests.e2e.ocilayout import build_oci_layout, layout_differences, read_layout  # noqa: E402
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"

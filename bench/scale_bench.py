@@ -52,7 +52,6 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from bench.scratch import postgres_database  # noqa: E402
 from registry_bench import settle, start_berth, start_reference  # noqa: E402
 
 from app.db.models import (  # noqa: E402
@@ -67,6 +66,7 @@ from app.db.session import engine_url  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
 from app.registry import paths  # noqa: E402
 from app.registry.references import Digest  # noqa: E402
+from bench.scratch import postgres_database  # noqa: E402
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'

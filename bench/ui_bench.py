@@ -27,7 +27,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.scratch import postgres_database
 from sqlalchemy import create_engine, insert, text
 
 from app import create_app
@@ -37,6 +36,7 @@ from app.migrate import upgrade
 from app.registry import paths
 from app.registry.references import Digest
 from app.storage import create_driver
+from bench.scratch import postgres_database
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import select
 import socket
 import threading
@@ -89,20 +90,12 @@ def _patch_head(path: str, length: int) -> bytes:
 
 
 def _answer(sock: socket.socket) -> bytes:
-    """One whole HTTP answer: head, then as many body bytes as its Content-Length says (the
-    server may send the two in separate writes)."""
-    data = b""
-    while b"\r\n\r\n" not in data and (more := sock.recv(4096)):
-        data += more
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-         if line.lower().startswith(b"content-length:")),
-        0,
-    )  # fmt: skip
-    while len(body) < length and (more := sock.recv(4096)):
-        body += more
-    return head + b"\r\n\r\n" + body
+    """One whole HTTP answer, status line, headers and body (the server may send the head
+    and the body in separate writes), read by the standard library's parser."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    status = f"HTTP/{response.version / 10:.1f} {response.status} {response.reason}\r\n"
+    return (status + str(response.headers)).encode() + response.read()
 
 
 @pytest.fixture

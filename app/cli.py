@@ -38,22 +38,12 @@ def migrate() -> None:
     click.echo("database schema is up to date")
 
 
-# glibc malloc serves blocks of 128 KiB and more with a fresh mmap, faulted in page by page
-# and unmapped on free, until its adaptive threshold has grown: a worker's first layer
-# uploads paid for that on every 1 MiB buffer (first 4 x 64 MiB push ~190 MB/s, ~230 with
-# these). Buffers up to 4 MiB now come from the heap and are reused; up to 16 MiB of free
-# heap is kept rather than handed back and faulted in again. Set either to override.
-_MALLOC_TUNING = {
-    "MALLOC_MMAP_THRESHOLD_": str(4 * 1024 * 1024),
-    "MALLOC_TRIM_THRESHOLD_": str(16 * 1024 * 1024),
-}
-
-
 @main.command()
 @click.option("--bind", default="127.0.0.1:5000", show_default=True, help="HOST:PORT to listen on")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="worker processes")
 def serve(bind: str, workers: int | None) -> None:
     """Apply pending migrations, then serve the registry with gunicorn."""
+    from app import malloc
     from app.migrate import upgrade
 
     settings = _settings()
@@ -61,7 +51,7 @@ def serve(bind: str, workers: int | None) -> None:
         Path(settings.storage_root).mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
     workers = workers or min(2 * (os.cpu_count() or 1) + 1, 8)
-    for name, value in _MALLOC_TUNING.items():
+    for name, value in malloc.TUNING.items():  # set ones are the operator's
         os.environ.setdefault(name, value)
     # Before gunicorn loads the app in its master (preload_app), which imports
     # prometheus_client: the workers' shared metrics directory (app/metrics.py).

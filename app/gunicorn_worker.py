@@ -9,6 +9,7 @@ and so that a burst of clients spreads over the workers.
   (CI runners, people on trains) are normal traffic; 50 bodies trickling a byte a second
   held every thread of a default server before. A body that sends nothing for
   request_body_timeout is given up.
+- A worker gives its free heap back once it has been idle a moment (app/malloc.py).
 - A worker stops accepting new connections while `threads` of its connections are busy.
   gthread workers all accept from the one listening socket, and a connection stays with the
   worker that accepted it for as long as it is kept alive. A burst of clients (a CI fleet,
@@ -38,11 +39,14 @@ from typing import Any
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from app.malloc import IdleTrim
+
 
 class BalancedThreadWorker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.waiting = _Counter()  # threads waiting for the next bytes of a request body
+        self.idle_trim = IdleTrim()
 
     @property
     def worker_connections(self) -> int:
@@ -54,6 +58,12 @@ class BalancedThreadWorker(ThreadWorker):
     @worker_connections.setter
     def worker_connections(self, value: int) -> None:
         self._max_connections = value
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        super().wait_for_and_dispatch_events(timeout)
+        # Connections neither kept alive nor gathering a head are in a request (or queued).
+        busy = self.nr_conns - len(self.keepalived_conns) - len(self.pending_conns)
+        self.idle_trim.tick(busy > 0, time.monotonic())
 
     def get_thread_pool(self) -> futures.ThreadPoolExecutor:
         # A thread for every connection the worker may hold; they start as they are needed.

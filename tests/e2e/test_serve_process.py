@@ -35,5 +35,6 @@ def test_workers_reuse_big_buffers_unless_told_otherwise(
     tuned = berth_server_factory(name="tuned")
     assert _environ(tuned.process.pid)["MALLOC_MMAP_THRESHOLD_"] == str(4 * 1024 * 1024)
     assert _environ(tuned.process.pid)["MALLOC_TRIM_THRESHOLD_"] == str(16 * 1024 * 1024)
+    assert _environ(tuned.process.pid)["MALLOC_ARENA_MAX"] == "2"
     mine = berth_server_factory(env={"MALLOC_MMAP_THRESHOLD_": "131072"}, name="mine")
     assert _environ(mine.process.pid)["MALLOC_MMAP_THRESHOLD_"] == "131072"

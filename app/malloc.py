@@ -8,7 +8,6 @@ process start), and each worker gives its free heap back when it has been idle a
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 
 TUNING = {
@@ -31,10 +30,11 @@ IDLE_SECONDS = 1.0
 
 def _glibc_trim() -> Callable[[], object] | None:
     """malloc_trim(0), or None where the C library has none (musl, macOS)."""
+    # The process's own symbols: the libc it runs on, found without find_library's
+    # ldconfig subprocess (gunicorn builds each worker object in the master).
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+        trim = ctypes.CDLL(None).malloc_trim
+    except AttributeError:
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda: trim(0)

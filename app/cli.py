@@ -40,7 +40,13 @@ def migrate() -> None:
 
 @main.command()
 @click.option("--bind", default="127.0.0.1:5000", show_default=True, help="HOST:PORT to listen on")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="worker processes")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    envvar="BERTH_WORKERS",  # empty counts as unset: compose passes ${BERTH_WORKERS:-}
+    help="worker processes (default: one per CPU, 2 to 8)",
+)
 def serve(bind: str, workers: int | None) -> None:
     """Apply pending migrations, then serve the registry with gunicorn."""
     from app import malloc

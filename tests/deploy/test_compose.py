@@ -68,7 +68,7 @@ def test_compose_wires_the_nginx_sample() -> None:
         env={**os.environ, "BERTH_WORKERS": "7", "BERTH_PORT": "5443"},
         timeout=60,
     )
-    assert "- '7'" in env_override.stdout
+    assert "BERTH_WORKERS: '7'" in env_override.stdout
     assert "published: 5443" in env_override.stdout or "5443:443" in env_override.stdout
 
 

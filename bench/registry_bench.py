@@ -7,11 +7,11 @@ Each target is started fresh on a free port, the same steps run against each, an
 figure is printed with the ratio of a Berth target to its reference ("x" > 1 means Berth is
 better, for times the ratio is inverted so that the same holds): Berth against the
 reference, Berth behind the sample nginx against the reference behind the same nginx (TLS
-on both sides), Berth on PostgreSQL against the reference. Two phases per target, each on
-a freshly started server: the single-client steps, then many clients at once
-(bench/many_clients.py). Needs skopeo, wrk, ab, curl, nginx, openssl (Debian packages),
-docker-registry for the reference and PostgreSQL (BERTH_TEST_POSTGRES, default
-postgres@127.0.0.1:5432) for the berth-pg target.
+on both sides), Berth on PostgreSQL against the reference, bare and behind nginx. Two
+phases per target, each on a freshly started server: the single-client steps, then many
+clients at once (bench/many_clients.py). Needs skopeo, wrk, ab, curl, nginx, openssl
+(Debian packages), docker-registry for the reference and PostgreSQL (BERTH_TEST_POSTGRES,
+default postgres@127.0.0.1:5432) for the berth-pg targets.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ COMPARISONS = [
     ("berth", "reference"),
     ("berth+nginx", "reference+nginx"),
     ("berth-pg", "reference"),
+    ("berth-pg+nginx", "reference+nginx"),
 ]
-TARGETS = ["reference", "berth", "berth-pg", "reference+nginx", "berth+nginx"]
+TARGETS = ["reference", "berth", "berth-pg", "reference+nginx", "berth+nginx", "berth-pg+nginx"]
 
 
 # ----------------------------------------------------------------------------- servers
@@ -280,14 +281,17 @@ def start_reference_behind_nginx(workdir: Path) -> Target:
     return behind_nginx(start_reference(workdir), workdir / "data")
 
 
-def start_berth_on_postgres(workdir: Path, workers: int | None, admin_url: str) -> Target:
+def start_berth_on_postgres(
+    workdir: Path, workers: int | None, admin_url: str, nginx: bool = False
+) -> Target:
+    """Berth on a scratch PostgreSQL database, bare or as the deployment sample runs it."""
     url, drop = postgres_database(admin_url=admin_url)
     try:
-        berth = start_berth(workdir, workers, url)
+        berth = (start_berth_behind_nginx if nginx else start_berth)(workdir, workers, url)
     except BaseException:
         drop()
         raise
-    berth.name = "berth-pg"
+    berth.name = "berth-pg+nginx" if nginx else "berth-pg"
     berth.cleanups.append(drop)
     return berth
 
@@ -791,7 +795,7 @@ def main() -> None:
                 f"{tool} is needed: apt-get install skopeo wrk apache2-utils curl"
                 " docker-registry nginx openssl"
             )
-    if "berth-pg" in targets:
+    if any(t.startswith("berth-pg") for t in targets):
         try:
             postgres_database(admin_url=args.postgres)[1]()
         except Exception as exc:  # whatever the failure, the advice is the same
@@ -813,6 +817,9 @@ def main() -> None:
             "berth-pg": lambda d: start_berth_on_postgres(d, args.workers, args.postgres),
             "reference+nginx": start_reference_behind_nginx,
             "berth+nginx": lambda d: start_berth_behind_nginx(d, args.workers, args.database_url),
+            "berth-pg+nginx": lambda d: start_berth_on_postgres(
+                d, args.workers, args.postgres, nginx=True
+            ),
         }
         for name in targets if phases else []:
             results[name] = {}

@@ -48,8 +48,12 @@ def test_registry_bench_runs_on_a_tiny_input(tmp_path: Path) -> None:
     split = next(i for i, line in enumerate(lines) if line.startswith("| figure | target |"))
     rows, scale = lines[:split], lines[split:]
     assert any(row.startswith("| catalog page | berth-sqlite |") for row in scale), scale
-    # Berth against the reference, both behind the sample nginx, and Berth on PostgreSQL.
-    comparisons = "| berth / reference | berth+nginx / reference+nginx | berth-pg / reference |"
+    # Berth against the reference, both behind the sample nginx, and Berth on PostgreSQL,
+    # bare and behind nginx.
+    comparisons = (
+        "| berth / reference | berth+nginx / reference+nginx | berth-pg / reference"
+        " | berth-pg+nginx / reference+nginx |"
+    )
     assert rows[0].endswith(comparisons), rows[0]
     figures = {row.split("|")[1].strip(): row for row in rows[1:]}
     assert {"big push", "big pull", "GET manifest by tag", "catalog page", "server CPU"} <= set(
@@ -65,5 +69,5 @@ def test_registry_bench_runs_on_a_tiny_input(tmp_path: Path) -> None:
     errors = [row for name, row in figures.items() if name.endswith("errors")]
     assert len(errors) == 3
     for row in errors:
-        assert row.count("| 0.0 errors ") == 5, row
+        assert row.count("| 0.0 errors ") == 6, row
     assert all(row.rstrip().endswith("x |") and "nan" not in row for row in rows[1:])

@@ -1,15 +1,19 @@
-"""The SQLite connection setup: a busy database at connect time waits, never fails a request."""
+"""The connection setup: a busy SQLite database at connect time waits, and PostgreSQL
+connections the server ended are replaced; neither fails a request."""
 
 from __future__ import annotations
 
 import sqlite3
+import time
+import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from app.db import session as db_session
-from app.db.session import Database
+from app.db.session import Database, engine_url
+from tests.conftest import PG_ADMIN_URL
 
 
 class _BusyThenFine:
@@ -50,3 +54,74 @@ def test_new_database_is_in_wal_mode(tmp_path: Path) -> None:
     assert database.rows(text("PRAGMA journal_mode")) == [("wal",)]
     assert database.rows(text("PRAGMA foreign_keys")) == [(1,)]
     database.dispose()
+
+
+def _terminate_connections(url: str) -> None:
+    """End every server process serving url's database, as a PostgreSQL restart does, and
+    wait until they are gone."""
+    name = url.rsplit("/", 1)[1]
+    admin = create_engine(engine_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    others = "FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+    with admin.connect() as conn:
+        conn.execute(text(f"SELECT pg_terminate_backend(pid) {others}"), {"n": name})
+        deadline = time.monotonic() + 10
+        while conn.execute(text(f"SELECT count(*) {others}"), {"n": name}).scalar():
+            assert time.monotonic() < deadline, "the server processes did not end"
+            time.sleep(0.05)
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_connections_the_server_ended_are_replaced_without_an_error(postgres_url: str) -> None:
+    database = Database(postgres_url)
+    try:
+        # Hold several connections at once so the pool keeps more than one.
+        with database.transaction() as first, database.transaction() as second:
+            first.execute(text("SELECT 1"))
+            second.execute(text("SELECT 1"))
+        assert database.rows(text("SELECT 1")) == [(1,)]
+        _terminate_connections(postgres_url)
+        # Every pooled connection is dead now; neither a read nor a transaction sees it.
+        assert database.rows(text("SELECT 2")) == [(2,)]
+        with database.transaction() as session:
+            assert session.scalar(text("SELECT 3")) == 3
+        with database.transaction() as session:
+            assert session.scalar(text("SELECT 4")) == 4
+    finally:
+        database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_read_leaves_the_connection_transactional(postgres_url: str) -> None:
+    """rows() reads without a transaction; the connection it used must not carry that into
+    the next unit of work, whose failure has to undo all of it."""
+    database = Database(postgres_url)
+    name = f"rolled-back-{uuid.uuid4().hex[:8]}"
+    insert = text("INSERT INTO repository (name, created_at) VALUES (:n, now())")
+    count = text("SELECT count(*) FROM repository WHERE name = :n")
+    try:
+        database.engine.pool.dispose()  # one connection, so the read and the write share it
+        assert database.rows(count, {"n": name}) == [(0,)]
+        with pytest.raises(RuntimeError), database.transaction(write=True) as session:
+            session.execute(insert, {"n": name})
+            raise RuntimeError("the request failed after the insert")
+        assert database.rows(count, {"n": name}) == [(0,)]
+    finally:
+        database.dispose()
+
+
+@pytest.mark.postgres
+def test_only_bookkeeping_skips_waiting_for_the_log(postgres_url: str) -> None:
+    """durable=False holds for its own transaction; the next one on the same connection
+    waits for its commit to reach the disk again."""
+    database = Database(postgres_url)
+    show = text("SHOW synchronous_commit")
+    try:
+        database.engine.pool.dispose()  # one connection, shared by the three below
+        with database.transaction(write=True, durable=False) as session:
+            assert session.scalar(show) == "off"
+        with database.transaction(write=True) as session:
+            assert session.scalar(show) == "on"
+        assert database.rows(show) == [("on",)]
+    finally:
+        database.dispose()

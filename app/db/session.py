@@ -3,6 +3,7 @@ transaction stays open while blob bytes stream."""
 
 from __future__ import annotations
 
+import select
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -10,9 +11,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.expression import Executable
 
@@ -61,7 +62,19 @@ def _sqlite_setup(engine: Engine, busy_timeout: float) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _postgres_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        # An idle connection has nothing to read: PostgreSQL only writes to one unasked
+        # when it ends it (a restart, pg_terminate_backend, idle timeouts), with an error
+        # and then EOF. A look at the socket costs a system call where SQLAlchemy's
+        # pre-ping costs a round trip on every checkout; the pool replaces what fails it.
+        if dbapi_conn.closed or select.select([dbapi_conn.fileno()], [], [], 0)[0]:
+            raise DisconnectionError("the server closed the connection while it was idle")
+
+
 _BEFORE_COMMIT = "berth_before_commit"
+_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
 
 
 def before_commit(session: Session, key: str, work: Callable[[Session], None]) -> None:
@@ -100,7 +113,9 @@ class Database:
             self.engine = create_engine(url, **pool)
             _sqlite_setup(self.engine, sqlite_busy_timeout)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, **pool)
+            self.engine = create_engine(url, **pool)
+            _postgres_setup(self.engine)
+        self._postgres = self.dialect == "postgresql"
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._compiled: dict[Executable, _Compiled] = {}
 
@@ -114,10 +129,19 @@ class Database:
         return self.engine.dialect.name
 
     @contextmanager
-    def transaction(self, write: bool = False) -> Iterator[Session]:
-        """One short unit of work: committed on success, rolled back on any error."""
+    def transaction(self, write: bool = False, durable: bool = True) -> Iterator[Session]:
+        """One short unit of work: committed on success, rolled back on any error.
+
+        durable=False is for bookkeeping that a crash of the database may lose without
+        harm (an upload session's lease and size: a client that finds them gone starts the
+        upload again, and every blob is verified whole before it is published), never for
+        what a client is told is stored. PostgreSQL then answers the COMMIT without waiting
+        for its log to reach the disk, which is most of a short write's time; SQLite in WAL
+        mode with synchronous=NORMAL never waits for that at commit."""
         with self._sessions() as session:
             session.connection(execution_options={"berth_write": write})
+            if not durable and self._postgres:
+                session.execute(_ASYNC_COMMIT)
             try:
                 yield session
                 for work in session.info.pop(_BEFORE_COMMIT, {}).values():
@@ -147,8 +171,9 @@ class Database:
         takes to read a page of 100 tags; here the statement is compiled once for this
         database (and kept: pass statements built once, at import) and its rows come back as
         the driver gives them, with no type processing: a caller reading a binary column
-        converts it (PostgreSQL's driver gives a memoryview). No BEGIN on SQLite: each
-        statement is its own snapshot, so two calls must not rely on agreeing."""
+        converts it (PostgreSQL's driver gives a memoryview). No transaction on either
+        database: each statement is its own snapshot, so two calls must not rely on
+        agreeing."""
         compiled = self._compiled.get(statement)
         if compiled is None:
             compiled = self._compiled[statement] = _Compiled.of(statement, self.engine)
@@ -157,13 +182,20 @@ class Database:
             connection = self.engine.raw_connection()
         except driver_error as exc:  # connecting failed: the database is away
             raise DBAPIError.instance(compiled.sql, None, exc, driver_error) from exc
+        driver: Any = connection.driver_connection
         try:
+            if self._postgres:
+                # A single read needs no transaction around it (it is its own snapshot):
+                # that saves the BEGIN and the ROLLBACK, two of its three round trips.
+                driver.autocommit = True  # psycopg2 sends nothing for this
             cursor = connection.cursor()
             try:
                 cursor.execute(compiled.sql, compiled.arguments(params or {}))
                 return list(cursor.fetchall())
             finally:
                 cursor.close()
+                if self._postgres and not driver.closed:
+                    driver.autocommit = False
         except driver_error as exc:
             # As SQLAlchemy's own execution would: its exception types, and a connection
             # that broke is not handed out again.

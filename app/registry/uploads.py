@@ -99,7 +99,7 @@ class _Lease:
             raise BlobUploadUnknown({"upload": upload_id})
         token, now = str(uuid.uuid4()), _now()
         oldest = now - timedelta(seconds=reg.settings.upload_max_age)
-        with reg.db.transaction(write=True) as session:
+        with reg.db.transaction(write=True, durable=False) as session:
             row = queries.claim_upload(session, upload_id, repo, token, now, now + LEASE, oldest)
         if row is None:
             status(reg, repo, upload_id)  # unknown or expired: its error says so
@@ -111,7 +111,7 @@ class _Lease:
         if time.monotonic() - self._renewed < LEASE.total_seconds() / 4:
             return
         now = _now()
-        with self._reg.db.transaction(write=True) as session:
+        with self._reg.db.transaction(write=True, durable=False) as session:
             kept = queries.renew_upload(session, self._id, self._token, now, now + LEASE)
         if not kept:
             raise _LeaseLost(self._id)
@@ -120,7 +120,7 @@ class _Lease:
     def finish(self, state: UploadState) -> None:
         """Record the new size (and digest) and let go, in one statement."""
         row = queries.UploadRow(state.size, state.sha256)
-        with self._reg.db.transaction(write=True) as session:
+        with self._reg.db.transaction(write=True, durable=False) as session:
             kept = queries.finish_upload(session, self._id, self._token, row, _now())
         if not kept:
             raise _LeaseLost(self._id)
@@ -133,7 +133,7 @@ class _Lease:
     def release(self) -> None:
         if not self._held:
             return
-        with self._reg.db.transaction(write=True) as session:
+        with self._reg.db.transaction(write=True, durable=False) as session:
             queries.release_upload(session, self._id, self._token)
 
 
@@ -153,7 +153,7 @@ def _leased(reg: Context, repo: str, upload_id: str) -> Iterator[tuple[_Lease, U
 def start(reg: Context, repo: str) -> UploadState:
     # No file yet: the first chunk creates it, so starting a session costs no fsync.
     upload_id = str(uuid.uuid4())
-    with reg.db.transaction(write=True) as session:
+    with reg.db.transaction(write=True, durable=False) as session:
         repo_id = queries.ensure_repository(session, repo)
         queries.start_upload(session, upload_id, repo_id)
     return UploadState(upload_id, 0)
@@ -407,7 +407,7 @@ def cancel(reg: Context, repo: str, upload_id: str) -> None:
 
 
 def _forget(reg: Context, upload_id: str) -> None:
-    with reg.db.transaction(write=True) as session:
+    with reg.db.transaction(write=True, durable=False) as session:
         queries.forget_upload(session, upload_id)
     _remove_bytes(reg, upload_id)
 

@@ -20,8 +20,12 @@ def postgres_database(
     (forcing out any connection a server left)."""
     admin = create_engine(engine_url(admin_url), isolation_level="AUTOCOMMIT")
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except BaseException:
+        admin.dispose()
+        raise
 
     def drop() -> None:
         with admin.connect() as conn:

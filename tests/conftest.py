@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from app import create_app
 from app.db.models import Base
 from app.db.session import engine_url
 from app.migrate import upgrade
+from bench.scratch import postgres_database
 from tests.helpers import RegistryClient
 from tests.s3server import S3Server, running_s3_server
 
@@ -27,36 +30,33 @@ PG_ADMIN_URL = os.environ.get(
 )
 
 
-def skip_or_fail(reason: str) -> None:
+def skip_or_fail(reason: str) -> NoReturn:
     """Locally a missing service skips; in CI (BERTH_TEST_STRICT=1) it fails the run."""
     if STRICT:
-        pytest.fail(f"{reason} (BERTH_TEST_STRICT=1 forbids skipping)")
+        pytest.fail(f"{reason} (BERTH_TEST_STRICT=1 forbids skipping)", pytrace=False)
     pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def scratch_postgres(prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database on the test server (bench/scratch.py, which the
+    benchmarks use too), dropped afterwards with whatever connections a server left."""
+    try:
+        url, drop = postgres_database(prefix, PG_ADMIN_URL)
+    except OperationalError as exc:
+        skip_or_fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}")
+    try:
+        yield url
+    finally:
+        drop()
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh database on the local PostgreSQL server, migrated once for the whole run."""
-    admin = create_engine(engine_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:
-        admin.dispose()
-        skip_or_fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}")
-    name = f"berth_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(
-            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-            {"n": name},
-        )
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    with scratch_postgres("berth_test") as url:
+        upgrade(url)
+        yield url
 
 
 def _empty_postgres(url: str) -> None:

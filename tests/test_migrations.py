@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from sqlalchemy import create_engine, inspect, text
 from app.db.models import Base
 from app.db.session import engine_url
 from app.migrate import alembic_config, upgrade
-from tests.conftest import PG_ADMIN_URL, skip_or_fail
+from tests.conftest import scratch_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -22,18 +21,8 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/fresh.db"
         return
-    admin = create_engine(engine_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    try:
-        admin.connect().close()
-    except Exception as exc:
-        skip_or_fail(f"PostgreSQL is not reachable: {exc.__class__.__name__}")
-    name = f"berth_migrate_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_postgres("berth_migrate") as url:
+        yield url
 
 
 def test_empty_to_head_matches_the_models(empty_database: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -19,17 +18,13 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 import requests
 
+from tests.conftest import scratch_postgres, skip_or_fail
 from tests.e2e.reference import Reference, free_port
 
-STRICT = os.environ.get("BERTH_TEST_STRICT") == "1"
-PG_ADMIN_URL = os.environ.get(
-    "BERTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 BERTH = Path(sys.executable).parent / "berth"
 STARTUP_TIMEOUT = 30.0  # seconds until GET /v2/ must answer 200
 STOP_TIMEOUT = 15.0  # seconds between SIGTERM and SIGKILL
@@ -38,13 +33,6 @@ WORKERS = 2
 
 _E2E_DIR = Path(__file__).resolve().parent
 _SERVERS = pytest.StashKey[list["BerthServer"]]()
-
-
-def skip_or_fail(reason: str) -> NoReturn:
-    """A missing service skips locally; under BERTH_TEST_STRICT=1 it fails the run."""
-    if STRICT:
-        pytest.fail(f"BERTH_TEST_STRICT=1: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @dataclass
@@ -221,29 +209,8 @@ def berth_server(berth_server_factory: StartServer) -> BerthServer:
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """URL of a fresh, empty PostgreSQL database; dropped after the test."""
-    import psycopg2
-    from psycopg2 import sql
-
-    try:
-        admin = psycopg2.connect(PG_ADMIN_URL, connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        skip_or_fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {detail}")
-    admin.autocommit = True
-    name = f"berth_e2e_{secrets.token_hex(6)}"
-    try:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        admin.close()
+    with scratch_postgres("berth_e2e") as url:
+        yield url
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

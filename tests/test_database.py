@@ -111,17 +111,39 @@ def test_a_read_leaves_the_connection_transactional(postgres_url: str) -> None:
 
 
 @pytest.mark.postgres
-def test_only_bookkeeping_skips_waiting_for_the_log(postgres_url: str) -> None:
-    """durable=False holds for its own transaction; the next one on the same connection
-    waits for its commit to reach the disk again."""
+def test_writes_wait_for_the_log_unless_they_are_bookkeeping(postgres_url: str) -> None:
+    """A write transaction commits durably unless it says otherwise, on every connection of
+    the pool, whatever the one before it on that connection did."""
     database = Database(postgres_url)
     show = text("SHOW synchronous_commit")
     try:
-        database.engine.pool.dispose()  # one connection, shared by the three below
-        with database.transaction(write=True, durable=False) as session:
-            assert session.scalar(show) == "off"
-        with database.transaction(write=True) as session:
-            assert session.scalar(show) == "on"
-        assert database.rows(show) == [("on",)]
+        database.engine.pool.dispose()  # one connection, shared by all below
+        for _ in range(2):
+            with database.transaction(write=True, durable=False) as session:
+                assert session.scalar(show) == "off"
+            with database.transaction(write=True) as session:
+                assert session.scalar(show) == "on"
+            with database.statement() as session:
+                assert session.scalar(show) == "off"
+    finally:
+        database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_statement_commits_by_itself(postgres_url: str) -> None:
+    database = Database(postgres_url)
+    name = f"statement-{uuid.uuid4().hex[:8]}"
+    insert = text("INSERT INTO repository (name, created_at) VALUES (:n, now())")
+    count = text("SELECT count(*) FROM repository WHERE name = :n")
+    try:
+        with pytest.raises(RuntimeError), database.statement() as session:
+            session.execute(insert, {"n": name})
+            raise RuntimeError("what follows the statement fails")
+        assert database.rows(count, {"n": name}) == [(1,)]
+        # The connection goes back to transactions: a failure there still undoes everything.
+        with pytest.raises(RuntimeError), database.transaction(write=True) as session:
+            session.execute(insert, {"n": name + "-2"})
+            raise RuntimeError("the request failed after the insert")
+        assert database.rows(count, {"n": name + "-2"}) == [(0,)]
     finally:
         database.dispose()

@@ -74,7 +74,10 @@ def _postgres_setup(engine: Engine) -> None:
 
 
 _BEFORE_COMMIT = "berth_before_commit"
-_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
+# PostgreSQL connections commit without waiting for the log unless a transaction asks to
+# (Database.transaction's durable writes): most writes are an upload's bookkeeping.
+_ASYNC_CONNECTIONS = {"options": "-c synchronous_commit=off"}
+_DURABLE_COMMIT = text("SET LOCAL synchronous_commit TO ON")
 
 
 def before_commit(session: Session, key: str, work: Callable[[Session], None]) -> None:
@@ -113,7 +116,7 @@ class Database:
             self.engine = create_engine(url, **pool)
             _sqlite_setup(self.engine, sqlite_busy_timeout)
         else:
-            self.engine = create_engine(url, **pool)
+            self.engine = create_engine(url, connect_args=_ASYNC_CONNECTIONS, **pool)
             _postgres_setup(self.engine)
         self._postgres = self.dialect == "postgresql"
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -130,19 +133,21 @@ class Database:
 
     @contextmanager
     def transaction(self, write: bool = False, durable: bool = True) -> Iterator[Session]:
-        """One short unit of work: committed on success, rolled back on any error.
+        """One short unit of work: committed on success, rolled back on any error. Only a
+        write=True transaction may write (SQLite takes its write lock up front for it).
 
-        durable=False is for bookkeeping that a crash of the database may lose without
-        harm (an upload session's lease and size: a client that finds them gone starts the
-        upload again, and every blob is verified whole before it is published), never for
-        what a client is told is stored. PostgreSQL then answers the COMMIT without waiting
-        for its log to reach the disk, which is most of a short write's time; SQLite in WAL
-        mode with synchronous=NORMAL never waits for that at commit."""
+        durable=False is for what a crash of the database may lose without harm: an upload
+        session's lease and size (a client that finds them gone starts the upload again),
+        a blob's link (durable with the next durable commit: see uploads._publish). Never
+        for what a client is told is stored for good: manifests, tags, deletes. PostgreSQL
+        then answers the COMMIT without waiting for its log to reach the disk (~3.5 ms of
+        a short write's time here); SQLite in WAL mode with synchronous=NORMAL never waits
+        for that at commit."""
         with self._sessions() as session:
             session.connection(execution_options={"berth_write": write})
-            if not durable and self._postgres:
-                session.execute(_ASYNC_COMMIT)
             try:
+                if write and durable and self._postgres:
+                    session.execute(_DURABLE_COMMIT)
                 yield session
                 for work in session.info.pop(_BEFORE_COMMIT, {}).values():
                     work(session)
@@ -150,6 +155,27 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def statement(self) -> Iterator[Session]:
+        """A write of one statement, atomic by itself and not durable (as durable=False
+        above): an upload session's lease taken, renewed or given back, its size recorded.
+        On PostgreSQL it commits as it runs, one round trip where a transaction takes three
+        (BEGIN, the statement, COMMIT)."""
+        if not self._postgres:
+            with self.transaction(write=True, durable=False) as session:
+                yield session
+            return
+        with self._sessions() as session:
+            # The driver's own switch: psycopg2 sends nothing for it, where SQLAlchemy's
+            # isolation_level option costs a SET when the connection goes back to the pool.
+            driver: Any = session.connection().connection.driver_connection
+            driver.autocommit = True
+            try:
+                yield session
+            finally:
+                if not driver.closed:
+                    driver.autocommit = False
 
     @contextmanager
     def scratch(self) -> Iterator[Connection]:

@@ -99,7 +99,7 @@ class _Lease:
             raise BlobUploadUnknown({"upload": upload_id})
         token, now = str(uuid.uuid4()), _now()
         oldest = now - timedelta(seconds=reg.settings.upload_max_age)
-        with reg.db.transaction(write=True, durable=False) as session:
+        with reg.db.statement() as session:
             row = queries.claim_upload(session, upload_id, repo, token, now, now + LEASE, oldest)
         if row is None:
             status(reg, repo, upload_id)  # unknown or expired: its error says so
@@ -111,7 +111,7 @@ class _Lease:
         if time.monotonic() - self._renewed < LEASE.total_seconds() / 4:
             return
         now = _now()
-        with self._reg.db.transaction(write=True, durable=False) as session:
+        with self._reg.db.statement() as session:
             kept = queries.renew_upload(session, self._id, self._token, now, now + LEASE)
         if not kept:
             raise _LeaseLost(self._id)
@@ -120,7 +120,7 @@ class _Lease:
     def finish(self, state: UploadState) -> None:
         """Record the new size (and digest) and let go, in one statement."""
         row = queries.UploadRow(state.size, state.sha256)
-        with self._reg.db.transaction(write=True, durable=False) as session:
+        with self._reg.db.statement() as session:
             kept = queries.finish_upload(session, self._id, self._token, row, _now())
         if not kept:
             raise _LeaseLost(self._id)
@@ -133,7 +133,7 @@ class _Lease:
     def release(self) -> None:
         if not self._held:
             return
-        with self._reg.db.transaction(write=True, durable=False) as session:
+        with self._reg.db.statement() as session:
             queries.release_upload(session, self._id, self._token)
 
 
@@ -384,9 +384,15 @@ def _publish(
     size: int,
     origin: events.RequestInfo | None,
 ) -> None:
-    """Link the verified blob into the repository and move its bytes into place."""
+    """Link the verified blob into the repository and move its bytes into place.
+
+    Not durable on its own (Database.transaction): a blob matters once a manifest names
+    it, and the manifest's durable commit flushes the database's log up to itself, this
+    link included. A database crash in between loses a link no manifest needs yet, and the
+    client's manifest PUT then says which blob to push again (MANIFEST_BLOB_UNKNOWN); the
+    bytes left without a row are gc's orphans."""
     target = paths.blob_data(digest)
-    with reg.db.transaction(write=True) as session:
+    with reg.db.transaction(write=True, durable=False) as session:
         repo_id = queries.ensure_repository(session, repo)
         queries.link_blob(session, repo_id, str(digest), size)
         # Under link_blob's digest lock: gc cannot delete these bytes before we commit.
@@ -407,7 +413,7 @@ def cancel(reg: Context, repo: str, upload_id: str) -> None:
 
 
 def _forget(reg: Context, upload_id: str) -> None:
-    with reg.db.transaction(write=True, durable=False) as session:
+    with reg.db.statement() as session:
         queries.forget_upload(session, upload_id)
     _remove_bytes(reg, upload_id)
 

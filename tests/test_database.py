@@ -3,6 +3,7 @@ connections the server ended are replaced; neither fails a request."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 import uuid
@@ -147,3 +148,19 @@ def test_a_statement_commits_by_itself(postgres_url: str) -> None:
         assert database.rows(count, {"n": name + "-2"}) == [(0,)]
     finally:
         database.dispose()
+
+
+@pytest.mark.postgres
+def test_connections_are_checked_whatever_their_descriptor(postgres_url: str) -> None:
+    """A worker with a thousand clients connected gives PostgreSQL sockets descriptors past
+    1,024, which select() cannot watch; taking such a connection must still work."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    database = Database(postgres_url)
+    try:
+        assert database.rows(text("SELECT 1")) == [(1,)]
+        with database.transaction() as session:
+            assert session.scalar(text("SELECT 2")) == 2
+    finally:
+        database.dispose()
+        for fd in held:
+            os.close(fd)

@@ -3,11 +3,12 @@ transaction stays open while blob bytes stream."""
 
 from __future__ import annotations
 
+import contextlib
 import select
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,10 @@ def _postgres_setup(engine: Engine) -> None:
         # when it ends it (a restart, pg_terminate_backend, idle timeouts), with an error
         # and then EOF. A look at the socket costs a system call where SQLAlchemy's
         # pre-ping costs a round trip on every checkout; the pool replaces what fails it.
-        if dbapi_conn.closed or select.select([dbapi_conn.fileno()], [], [], 0)[0]:
+        # poll, not select: a worker with a thousand clients has descriptors past 1,024.
+        idle = select.poll()
+        idle.register(dbapi_conn.fileno(), select.POLLIN)
+        if dbapi_conn.closed or idle.poll(0):
             raise DisconnectionError("the server closed the connection while it was idle")
 
 
@@ -78,6 +82,19 @@ _BEFORE_COMMIT = "berth_before_commit"
 # (Database.transaction's durable writes): most writes are an upload's bookkeeping.
 _ASYNC_CONNECTIONS = {"options": "-c synchronous_commit=off"}
 _DURABLE_COMMIT = text("SET LOCAL synchronous_commit TO ON")
+
+
+@contextmanager
+def _autocommit(driver: Any) -> Iterator[None]:
+    """psycopg2's own autocommit switch, sent nothing for (SQLAlchemy's isolation_level
+    option costs a SET when the connection goes back to the pool); off again after, so the
+    pool hands out a transactional connection."""
+    driver.autocommit = True
+    try:
+        yield
+    finally:
+        if not driver.closed:
+            driver.autocommit = False
 
 
 def before_commit(session: Session, key: str, work: Callable[[Session], None]) -> None:
@@ -166,16 +183,11 @@ class Database:
             with self.transaction(write=True, durable=False) as session:
                 yield session
             return
-        with self._sessions() as session:
-            # The driver's own switch: psycopg2 sends nothing for it, where SQLAlchemy's
-            # isolation_level option costs a SET when the connection goes back to the pool.
-            driver: Any = session.connection().connection.driver_connection
-            driver.autocommit = True
-            try:
-                yield session
-            finally:
-                if not driver.closed:
-                    driver.autocommit = False
+        with (
+            self._sessions() as session,
+            _autocommit(session.connection().connection.driver_connection),
+        ):
+            yield session
 
     @contextmanager
     def scratch(self) -> Iterator[Connection]:
@@ -208,20 +220,13 @@ class Database:
             connection = self.engine.raw_connection()
         except driver_error as exc:  # connecting failed: the database is away
             raise DBAPIError.instance(compiled.sql, None, exc, driver_error) from exc
-        driver: Any = connection.driver_connection
+        # On PostgreSQL a single read needs no transaction around it (it is its own
+        # snapshot): that saves the BEGIN and the ROLLBACK, two of its three round trips.
+        mode = _autocommit(connection.driver_connection) if self._postgres else nullcontext()
         try:
-            if self._postgres:
-                # A single read needs no transaction around it (it is its own snapshot):
-                # that saves the BEGIN and the ROLLBACK, two of its three round trips.
-                driver.autocommit = True  # psycopg2 sends nothing for this
-            cursor = connection.cursor()
-            try:
+            with mode, contextlib.closing(connection.cursor()) as cursor:
                 cursor.execute(compiled.sql, compiled.arguments(params or {}))
                 return list(cursor.fetchall())
-            finally:
-                cursor.close()
-                if self._postgres and not driver.closed:
-                    driver.autocommit = False
         except driver_error as exc:
             # As SQLAlchemy's own execution would: its exception types, and a connection
             # that broke is not handed out again.

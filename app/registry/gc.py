@@ -3,7 +3,8 @@
 First, whole repositories a retention rule gives up (an `Expiry`: the pull-through cache's
 repositories nobody pulled for longer than their retention) lose their tags, manifests and
 links, each in its own transaction that asks the rule again; their blobs are then garbage
-like any other, for the steps below.
+like any other, for the steps below. A dry run removes nothing: it notes their ids in a
+temporary table, and every count below leaves them out, as the real run finds them gone.
 
 Mark, in the database: the roots are the tagged manifests and every manifest younger than
 the grace period; from a kept manifest, its child manifests (an index's `manifests`) and its
@@ -262,15 +263,20 @@ def collect(
     # 0. Repositories past their retention.
     if expiry is not None:
         _expire(reg, expiry, options, report, ticker)
-        gone = "would remove" if options.dry_run else "removed"
-        ticker.line(f"retention: {gone} {report.repositories} repositories not pulled in time")
+        removal = "would remove" if options.dry_run else "removed"
+        ticker.line(f"retention: {removal} {report.repositories} repositories not pulled in time")
 
     with reg.db.scratch() as conn:
         read = _Reader(conn)
         read(queries.no_jit)
-        total, tagged = read(queries.manifest_counts)
-        kept = read(queries.mark, cutoff) if marked else total
-        doomed = read(queries.count_unkept) if marked else 0
+        # A dry run removed nothing: it counts as if the repositories retention would
+        # remove were gone, as the real run finds them (their blobs may be freed below).
+        gone = options.dry_run and bool(report.expired)
+        if gone:
+            read(queries.note_gone, report.expired)
+        total, tagged = read(queries.manifest_counts, gone)
+        kept = read(queries.mark, cutoff, gone) if marked else total
+        doomed = read(queries.count_unkept, gone) if marked else 0
         report.manifests_total, report.manifests_kept = total, kept
         ticker.line(f"mark: {total} manifests ({tagged} tagged), {kept} kept, {doomed} to delete")
 
@@ -283,7 +289,7 @@ def collect(
 
         # 2. Links no kept manifest of their repository names.
         seen, after = 0, (0, 0)
-        while links := read(queries.unnamed_links, after, cutoff, marked, options.batch_size):
+        while links := read(queries.unnamed_links, after, cutoff, marked, options.batch_size, gone):
             after, seen = (links[-1].repository_id, links[-1].blob_id), seen + len(links)
             if options.dry_run:
                 report.links += len(links)
@@ -304,7 +310,9 @@ def collect(
         # 3. Blobs nobody links (but for links step 2 removed) or names any more.
         blobs_total = read(queries.count_blobs)
         seen, after_id = 0, 0
-        while blobs := read(queries.unused_blobs, after_id, cutoff, marked, options.batch_size):
+        while blobs := read(
+            queries.unused_blobs, after_id, cutoff, marked, options.batch_size, gone
+        ):
             after_id, seen = blobs[-1].id, seen + len(blobs)
             if options.dry_run:
                 report.blobs += len(blobs)

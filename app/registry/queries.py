@@ -33,6 +33,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     tuple_,
     update,
 )
@@ -698,17 +699,37 @@ K = Table(
     Column("generation", Integer, nullable=False),
     prefixes=["TEMPORARY"],
 )
+# A dry run's stand-in for retention's removals: the ids of the repositories the real run
+# would remove first, which the counts below then leave out (`gone=True`), as the real run
+# finds them gone. Each query keeps its plain form for the real run.
+G = Table(
+    "gc_gone",
+    MetaData(),
+    Column("id", BigInteger, primary_key=True),
+    prefixes=["TEMPORARY"],
+)
 _SEEN = K.alias("seen")
 _PARENT, _CHILD = M.alias("parent"), M.alias("child")
 _SUBJECT, _REFERRER = M.alias("subject"), M.alias("referrer")
 _NEXT = bindparam("next", type_=Integer)
-# Roots: tagged manifests, and those younger than the grace period.
-_MARK_ROOTS = insert(K).from_select(
-    ["id", "generation"],
-    select(M.c.id, literal(0, Integer)).where(
-        or_(M.c.created_at >= bindparam("cutoff"), exists().where(T.c.manifest_id == M.c.id))
-    ),
-)
+
+
+def _kept_repository(repository_id: Any, gone: bool) -> Any:
+    return ~exists().where(G.c.id == repository_id) if gone else true()
+
+
+def _mark_roots(gone: bool) -> Any:
+    """Roots: tagged manifests, and those younger than the grace period."""
+    return insert(K).from_select(
+        ["id", "generation"],
+        select(M.c.id, literal(0, Integer)).where(
+            or_(M.c.created_at >= bindparam("cutoff"), exists().where(T.c.manifest_id == M.c.id)),
+            _kept_repository(M.c.repository_id, gone),
+        ),
+    )
+
+
+_MARK_ROOTS = {gone: _mark_roots(gone) for gone in (False, True)}
 # From the manifests reached at the last step: an index's child manifests...
 _MARK_CHILDREN = insert(K).from_select(
     ["id", "generation"],
@@ -744,10 +765,11 @@ _MARK_REFERRERS = insert(K).from_select(
 )
 
 
-def mark(conn: Connection, cutoff: datetime) -> int:
-    """Fill gc_kept (on this connection) with every manifest a root reaches; how many."""
+def mark(conn: Connection, cutoff: datetime, gone: bool = False) -> int:
+    """Fill gc_kept (on this connection) with every manifest a root reaches; how many.
+    A manifest reaches only manifests of its own repository: none of a gone one."""
     K.create(conn)
-    kept = _count(conn.execute(_MARK_ROOTS, {"cutoff": cutoff}))
+    kept = _count(conn.execute(_MARK_ROOTS[gone], {"cutoff": cutoff}))
     generation = 0
     while True:
         step = {"generation": generation, "next": generation + 1}
@@ -769,15 +791,36 @@ def no_jit(conn: Connection) -> None:
         conn.execute(text("SET jit = off"))
 
 
-def manifest_counts(conn: Connection) -> tuple[int, int]:
+def note_gone(conn: Connection, names: Sequence[str]) -> None:
+    """Fill gc_gone (on this connection) with the ids of the repositories `names`."""
+    G.create(conn)
+    for start in range(0, len(names), 500):
+        batch = list(names[start : start + 500])
+        ids = select(Repository.id).where(Repository.name.in_(batch))
+        conn.execute(insert(G).from_select(["id"], ids))
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ANALYZE gc_gone"))
+
+
+def manifest_counts(conn: Connection, gone: bool = False) -> tuple[int, int]:
     """(manifests, tagged manifests)."""
-    total = conn.scalar(select(func.count()).select_from(M))
-    tagged = conn.scalar(select(func.count(T.c.manifest_id.distinct())))
-    return int(total or 0), int(tagged or 0)
+    manifests = select(func.count()).select_from(M)
+    tagged = select(func.count(T.c.manifest_id.distinct()))
+    if gone:
+        manifests = manifests.where(_kept_repository(M.c.repository_id, gone))
+        tagged = tagged.join(M, M.c.id == T.c.manifest_id).where(
+            _kept_repository(M.c.repository_id, gone)
+        )
+    return int(conn.scalar(manifests) or 0), int(conn.scalar(tagged) or 0)
 
 
 _UNKEPT = ~exists().where(K.c.id == M.c.id)
-_COUNT_UNKEPT = select(func.count()).select_from(M).where(_UNKEPT)
+_COUNT_UNKEPT = {
+    gone: select(func.count())
+    .select_from(M)
+    .where(_UNKEPT, _kept_repository(M.c.repository_id, gone))
+    for gone in (False, True)
+}
 # Newest first: an index is pushed after its children and must go before them.
 _UNKEPT_MANIFESTS = (
     select(M.c.id, M.c.digest)
@@ -788,8 +831,8 @@ _UNKEPT_MANIFESTS = (
 _FROM_THE_END = 2**62
 
 
-def count_unkept(conn: Connection) -> int:
-    return int(conn.scalar(_COUNT_UNKEPT) or 0)
+def count_unkept(conn: Connection, gone: bool = False) -> int:
+    return int(conn.scalar(_COUNT_UNKEPT[gone]) or 0)
 
 
 def unkept_manifests(
@@ -861,13 +904,20 @@ def _namers(marked: bool) -> Any:
     return namers.join(K, K.c.id == M.c.id) if marked else namers
 
 
-def _link_candidates(marked: bool) -> Any:
-    # From the blob's digest to the few manifests naming it; "+ 0" keeps SQLite from
-    # walking every manifest of the repository instead.
-    named = (
+def _named(marked: bool, gone: bool) -> Any:
+    """The manifests that keep what they name (gc_kept holds none of a gone repository)."""
+    return (
         select(1)
         .select_from(_namers(marked))
-        .where(R.c.digest == B.c.digest, M.c.repository_id + 0 == L.c.repository_id)
+        .where(_kept_repository(M.c.repository_id, gone and not marked))
+    )
+
+
+def _link_candidates(marked: bool, gone: bool) -> Any:
+    # From the blob's digest to the few manifests naming it; "+ 0" keeps SQLite from
+    # walking every manifest of the repository instead.
+    named = _named(marked, gone).where(
+        R.c.digest == B.c.digest, M.c.repository_id + 0 == L.c.repository_id
     )
     after = tuple_(bindparam("repo_after"), bindparam("blob_after"))
     return (
@@ -877,20 +927,25 @@ def _link_candidates(marked: bool) -> Any:
             tuple_(L.c.repository_id, L.c.blob_id) > after,
             L.c.created_at < bindparam("cutoff"),
             ~exists(named),
+            _kept_repository(L.c.repository_id, gone),  # a gone one's links go with it
         )
         .order_by(L.c.repository_id, L.c.blob_id)
         .limit(bindparam("limit"))
     )
 
 
-def _blob_candidates(marked: bool) -> Any:
-    named = select(1).select_from(_namers(marked)).where(R.c.digest == B.c.digest)
+def _blob_candidates(marked: bool, gone: bool) -> Any:
+    named = _named(marked, gone).where(R.c.digest == B.c.digest)
     # A scalar subquery, not NOT EXISTS: PostgreSQL ran that as a merge anti join reading
     # every link (210,000: 125 ms) for each batch of 500 candidates; this is one probe of
     # the blob_id index per candidate.
     young_link = (
         select(literal(1))
-        .where(L.c.blob_id == B.c.id, L.c.created_at >= bindparam("cutoff"))
+        .where(
+            L.c.blob_id == B.c.id,
+            L.c.created_at >= bindparam("cutoff"),
+            _kept_repository(L.c.repository_id, gone),
+        )
         .limit(1)
         .scalar_subquery()
     )
@@ -907,27 +962,40 @@ def _blob_candidates(marked: bool) -> Any:
     )
 
 
-_LINK_CANDIDATES = {marked: _link_candidates(marked) for marked in (False, True)}
-_BLOB_CANDIDATES = {marked: _blob_candidates(marked) for marked in (False, True)}
+_FORMS = [(marked, gone) for marked in (False, True) for gone in (False, True)]
+_LINK_CANDIDATES = {form: _link_candidates(*form) for form in _FORMS}
+_BLOB_CANDIDATES = {form: _blob_candidates(*form) for form in _FORMS}
 
 
 def unnamed_links(
-    conn: Connection, after: tuple[int, int], cutoff: datetime, marked: bool, limit: int
+    conn: Connection,
+    after: tuple[int, int],
+    cutoff: datetime,
+    marked: bool,
+    limit: int,
+    gone: bool = False,
 ) -> list[LinkRow]:
     """Up to `limit` links after `after` (repository id, blob id), older than cutoff, that
-    no manifest of their repository names: any manifest, or (marked) any gc kept."""
+    no manifest of their repository names: any manifest, or (marked) any gc kept. With
+    `gone`, none of the repositories in gc_gone."""
     params = {"repo_after": after[0], "blob_after": after[1], "cutoff": cutoff, "limit": limit}
-    return [LinkRow(*row) for row in conn.execute(_LINK_CANDIDATES[marked], params)]
+    return [LinkRow(*row) for row in conn.execute(_LINK_CANDIDATES[marked, gone], params)]
 
 
 def unused_blobs(
-    conn: Connection, after: int, cutoff: datetime, marked: bool, limit: int
+    conn: Connection,
+    after: int,
+    cutoff: datetime,
+    marked: bool,
+    limit: int,
+    gone: bool = False,
 ) -> list[BlobRow]:
     """Up to `limit` blobs with ids above `after`, older than cutoff, that no link younger
     than cutoff keeps and no manifest (or, marked, no manifest gc kept) names. Every older
-    link of such a blob is one `unnamed_links` finds."""
+    link of such a blob is one `unnamed_links` finds. With `gone`, the links and manifests
+    of the repositories in gc_gone keep nothing."""
     params = {"after": after, "cutoff": cutoff, "limit": limit}
-    return [BlobRow(*row) for row in conn.execute(_BLOB_CANDIDATES[marked], params)]
+    return [BlobRow(*row) for row in conn.execute(_BLOB_CANDIDATES[marked, gone], params)]
 
 
 def count_blobs(conn: Connection) -> int:

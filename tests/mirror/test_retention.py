@@ -27,7 +27,7 @@ from app.db.models import NotificationEvent
 from app.mirror import queries
 from app.registry import paths
 from app.registry.references import Digest
-from tests.helpers import Image, RegistryClient, sha256
+from tests.helpers import CONFIG, LAYER, OCI_MANIFEST, Image, RegistryClient, descriptor, sha256
 from tests.mirror.test_pull_through import PREFIX, pull_all
 from tests.upstream import Upstream
 
@@ -125,6 +125,47 @@ def test_gc_removes_what_was_not_pulled_within_its_retention(
     gets = upstream.count("GET", "blob")
     assert pull_all(client, f"{PREFIX}/team/old", "v1")[old.digest] == old.manifest
     assert upstream.count("GET", "blob") == gets + 3
+
+
+@pytest.mark.parametrize("untagged", [False, True], ids=["plain", "delete-untagged"])
+def test_a_dry_run_counts_what_removing_expired_repositories_frees(
+    mirror: Flask, upstream: Upstream, settings: dict[str, object], untagged: bool
+) -> None:
+    """The dry run says what the real run then does, blobs and bytes included: the blobs
+    only an expired repository names are freed, those another repository names stay."""
+    client = mirror.test_client()
+    old = upstream.registry.push_image("team/old", "v1")
+    pull_all(client, f"{PREFIX}/team/old", "v1")
+    own = RegistryClient(client)
+    shared, config = old.layers[0], json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+    for blob in (shared, config):
+        own.push_blob("team/own", blob)
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(config, CONFIG),
+            "layers": [descriptor(shared, LAYER)],
+        }
+    ).encode()
+    assert own.put_manifest("team/own", "v1", body).status_code == 201
+    loose = own.push_image("team/own")  # by digest: untagged, its 3 blobs its own
+    time.sleep(RETENTION * 1.2)
+
+    args = ["--delete-untagged"] if untagged else []
+    dry = berth_gc(settings, *args, "--dry-run").stdout.splitlines()
+    assert stored(mirror, old) == [True, True, True]
+    done = berth_gc(settings, *args).stdout.splitlines()
+    assert done == [
+        line.replace("would remove", "removed").replace("would delete", "deleted") for line in dry
+    ]
+    # old's config and second layer; with --delete-untagged, the loose image and its blobs.
+    blobs = 2 + (3 if untagged else 0)
+    assert f", {blobs} blobs and 0 orphaned" in done[-1], done
+    assert f"deleted {1 if untagged else 0} manifests" in done[-1], done
+    assert stored(mirror, old) == [False, True, False]
+    assert stored(mirror, loose) == [not untagged] * 3
+    assert client.get("/v2/team/own/manifests/v1").data == body
 
 
 def test_own_repositories_under_no_retention_are_never_removed(

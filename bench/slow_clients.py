@@ -11,8 +11,8 @@ probed on a new connection every 20 ms, and images of the same size are pushed a
 again. Push and pull are taken ROUNDS times each way, each round a different image, and
 the median is the figure. Printed: GET /v2/ p50/p99/max and failures under load, push and
 pull time with and without it, and how many slow connections the server still held at the
-end. A head that the server answers
-(408 after its request_head_timeout) is opened again, so the pressure stays.
+end. A head that the server answers (408 after its request_head_timeout) is opened again,
+so the pressure stays.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ USER, PASSWORD = "bench", "bench-password"
 SETTLE = 5.0  # seconds between the slow connections being open and the push starting
 # Push-and-pull rounds with and without the load. A push takes ~0.4 s, so one stall of the
 # shared machine in a single round was the whole figure (once in CI: 1.4 s under load
-# against 0.33 idle, where eight runs here gave 0.86-1.00x); the median of three is the
+# against 0.33 idle, where seven runs here gave 0.88-1.00x); the median of three is the
 # registry's pace.
 ROUNDS = 3
 
